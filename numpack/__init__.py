@@ -1,0 +1,36 @@
+"""numpack: keep many large NumPy arrays on disk and change them in place."""
+
+from ._errors import (
+    ArrayNotFoundError,
+    CorruptStoreError,
+    DTypeError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    NumPackError,
+    RowIndexError,
+    ShapeMismatchError,
+    StoreClosedError,
+    StoreIOError,
+    StoreLockedError,
+)
+from ._lazy import LazyArray
+from ._store import NumPack, StreamLoader
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayNotFoundError",
+    "CorruptStoreError",
+    "DTypeError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "LazyArray",
+    "NumPack",
+    "NumPackError",
+    "RowIndexError",
+    "ShapeMismatchError",
+    "StoreClosedError",
+    "StoreIOError",
+    "StoreLockedError",
+    "StreamLoader",
+]

@@ -1,0 +1,48 @@
+"""The exception hierarchy shared by both backends (the Rust core imports these classes)."""
+
+
+class NumPackError(Exception):
+    """Base class of every exception numpack raises."""
+
+
+class ArrayNotFoundError(NumPackError, KeyError):
+    """No array of that name in the store."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class RowIndexError(NumPackError, IndexError):
+    """A row index is out of range."""
+
+
+class ShapeMismatchError(NumPackError, ValueError):
+    """Rows whose shape does not fit the array."""
+
+
+class DTypeError(NumPackError, ValueError):
+    """A dtype numpack does not store, or that cannot be cast to the array's dtype."""
+
+
+class InvalidArgumentError(NumPackError, ValueError):
+    """An argument with a bad value (empty name, 0-d array, bad batch size...)."""
+
+
+class InvalidTypeError(NumPackError, TypeError):
+    """An argument of the wrong type (a float index, a name that is not a str...)."""
+
+
+class StoreClosedError(NumPackError, ValueError):
+    """The NumPack object was closed."""
+
+
+class CorruptStoreError(NumPackError, OSError):
+    """Metadata or data that fails validation."""
+
+
+class StoreLockedError(NumPackError, OSError):
+    """Another process held the store's write lock past the timeout."""
+
+
+class StoreIOError(NumPackError, OSError):
+    """An operating-system error while reading or writing the store (disk full, permissions)."""
