@@ -1,0 +1,13 @@
+//! The numpack core: the store format and every operation on it, with no Python in it.
+
+pub mod error;
+pub mod format;
+pub mod gather;
+pub mod journal;
+pub mod lock;
+pub mod naming;
+pub mod rows;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use store::{Item, Replacement, Store, View};

@@ -1,0 +1,634 @@
+//! The store: a directory of arrays, its metadata, and every call that reads or changes it.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use memmap2::{Mmap, MmapOptions};
+
+use super::error::{Error, Result};
+use super::format::{itemsize, Entry, Metadata};
+use super::gather;
+use super::journal::{self, Section};
+use super::lock::WriteLock;
+use super::rows::{self, RowMap};
+
+const METADATA: &str = "metadata.npkm";
+const LOCK: &str = "numpack.lock";
+
+/// Whole arrays to save, or rows to append: C-order little-endian bytes.
+pub struct Item<'a> {
+    pub name: &'a str,
+    pub dtype: &'a str,
+    pub shape: &'a [u64],
+    pub data: &'a [u8],
+}
+
+/// New contents for logical rows of one array.
+pub struct Replacement<'a> {
+    pub name: &'a str,
+    pub rows: &'a [i64],
+    pub data: &'a [u8],
+}
+
+/// What identifies one version of the metadata file.
+type Stamp = (u64, u64, u64, i64, i64);
+
+pub struct Store {
+    dir: PathBuf,
+    lock_file: File,
+    timeout: Duration,
+    meta: Metadata,
+    stamp: Option<Stamp>,
+    maps: HashMap<String, Arc<Mmap>>,
+}
+
+impl Store {
+    pub fn open(dir: &Path, timeout: Duration) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
+        }
+        fs::create_dir_all(dir)?;
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join(LOCK))?;
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            lock_file,
+            timeout,
+            meta: Metadata::empty(),
+            stamp: None,
+            maps: HashMap::new(),
+        };
+        if store.dir.join(METADATA).exists() && !store.dir.join(journal::FILE).exists() {
+            store.refresh()?;
+        } else {
+            // A new store, or an interrupted replace to undo: both need the lock.
+            store.write(|_| Ok(()))?;
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn what(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    /// Reloads the metadata when another process (or object) committed a newer version.
+    fn refresh(&mut self) -> Result<()> {
+        let path = self.dir.join(METADATA);
+        let st = match fs::metadata(&path) {
+            Ok(st) => st,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Corrupt(format!(
+                    "{}: metadata is missing",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stamp = (st.dev(), st.ino(), st.size(), st.mtime(), st.mtime_nsec());
+        if self.stamp == Some(stamp) {
+            return Ok(());
+        }
+        let bytes = fs::read(&path)?;
+        self.meta = Metadata::decode(&bytes, &path.display().to_string())?;
+        self.stamp = Some(stamp);
+        let live: std::collections::HashSet<&str> =
+            self.meta.arrays.iter().map(|e| e.file.as_str()).collect();
+        self.maps.retain(|f, _| live.contains(f.as_str()));
+        Ok(())
+    }
+
+    /// Runs `f` holding the write lock, on fresh metadata, after undoing any interrupted replace.
+    fn write<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let _lock = WriteLock::acquire(self.lock_file.as_raw_fd(), self.timeout, &self.what())?;
+        journal::recover(&self.dir)?;
+        if self.dir.join(METADATA).exists() {
+            self.stamp = None; // the journal may have changed data; re-read under the lock
+            self.refresh()?;
+        } else {
+            self.commit(Metadata::empty())?;
+        }
+        f(self)
+    }
+
+    /// Replaces the metadata file atomically: the commit point of every call.
+    fn commit(&mut self, meta: Metadata) -> Result<()> {
+        let tmp = self
+            .dir
+            .join(format!("{METADATA}.{}.tmp", std::process::id()));
+        File::create(&tmp)?.write_all(&meta.encode())?;
+        let path = self.dir.join(METADATA);
+        fs::rename(&tmp, &path)?;
+        let st = fs::metadata(&path)?;
+        self.stamp = Some((st.dev(), st.ino(), st.size(), st.mtime(), st.mtime_nsec()));
+        self.meta = meta;
+        Ok(())
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.meta
+            .find(name)
+            .ok_or_else(|| Error::NotFound(format!("no array named {name:?} in {}", self.what())))
+    }
+
+    /// Creates a data file holding `data`; a leftover of an interrupted call is replaced.
+    fn create_file(&self, file: &str, data: &[u8]) -> Result<()> {
+        let path = self.dir.join(file);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        let result = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(data));
+        if let Err(e) = result {
+            let _ = fs::remove_file(&path);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn remove_files(&mut self, files: &[String]) {
+        for f in files {
+            self.maps.remove(f);
+            // The store is already consistent; a file we fail to delete is only garbage.
+            let _ = fs::remove_file(self.dir.join(f));
+        }
+    }
+
+    /// A read-only mapping of at least the first `len` bytes of a data file.
+    fn mapping(&mut self, e: &Entry) -> Result<Option<Arc<Mmap>>> {
+        let len = e.physical_bytes() as usize;
+        if len == 0 {
+            return Ok(None);
+        }
+        if let Some(m) = self.maps.get(&e.file).filter(|m| m.len() >= len) {
+            return Ok(Some(m.clone()));
+        }
+        let path = self.dir.join(&e.file);
+        let file = File::open(&path).map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => Error::Corrupt(format!(
+                "{}: data file of array {:?} is missing",
+                path.display(),
+                e.name
+            )),
+            _ => err.into(),
+        })?;
+        let actual = file.metadata()?.len();
+        if actual < len as u64 {
+            return Err(Error::Corrupt(format!(
+                "{}: data file of array {:?} holds {actual} bytes, the metadata says {len}",
+                path.display(),
+                e.name
+            )));
+        }
+        // SAFETY: numpack never truncates a data file that metadata references (FORMAT.md 3),
+        // so the mapped range stays backed by the file for the mapping's lifetime.
+        let map = Arc::new(unsafe { MmapOptions::new().len(len).map(&file)? });
+        self.maps.insert(e.file.clone(), map.clone());
+        Ok(Some(map))
+    }
+
+    // -- reads ----------------------------------------------------------------------------
+
+    pub fn names(&mut self) -> Result<Vec<String>> {
+        self.refresh()?;
+        Ok(self.meta.arrays.iter().map(|e| e.name.clone()).collect())
+    }
+
+    pub fn entries(&mut self) -> Result<Vec<Entry>> {
+        self.refresh()?;
+        Ok(self.meta.arrays.clone())
+    }
+
+    /// `(dtype, logical shape, modified_us)` of one array.
+    pub fn info(&mut self, name: &str) -> Result<(String, Vec<u64>, i64)> {
+        self.refresh()?;
+        let e = self.entry(name)?;
+        Ok((e.dtype.clone(), e.logical_shape(), e.modified_us))
+    }
+
+    pub fn view(&mut self, name: &str) -> Result<View> {
+        self.refresh()?;
+        let e = self.entry(name)?.clone();
+        let map = self.mapping(&e)?;
+        Ok(View {
+            name: e.name.clone(),
+            dtype: e.dtype.clone(),
+            shape: e.logical_shape(),
+            dropped: e.dropped(),
+            row: e.row_bytes(),
+            len: e.physical_bytes() as usize,
+            rows: RowMap::new(e.deleted_rows()),
+            map,
+        })
+    }
+
+    // -- writes ---------------------------------------------------------------------------
+
+    pub fn save(&mut self, items: &[Item]) -> Result<()> {
+        self.write(|s| {
+            let mut meta = s.meta.clone();
+            let mut created = Vec::new();
+            let mut retired = Vec::new();
+            let result = (|| {
+                for item in items {
+                    let entry = s.new_entry(&mut meta, item)?;
+                    s.create_file(&entry.file, item.data)?;
+                    created.push(entry.file.clone());
+                    match meta.position(item.name) {
+                        Some(p) => retired.push(std::mem::replace(&mut meta.arrays[p], entry).file),
+                        None => meta.arrays.push(entry),
+                    }
+                }
+                s.commit(meta)
+            })();
+            match result {
+                Ok(()) => s.remove_files(&retired),
+                Err(_) => s.remove_files(&created),
+            }
+            result
+        })
+    }
+
+    fn new_entry(&self, meta: &mut Metadata, item: &Item) -> Result<Entry> {
+        let size = itemsize(item.dtype).ok_or_else(|| {
+            Error::DType(format!(
+                "array {:?}: dtype {:?} is not supported",
+                item.name, item.dtype
+            ))
+        })?;
+        check_len(item, size)?;
+        let entry = Entry::new(
+            item.name,
+            item.dtype,
+            item.shape.to_vec(),
+            meta.next_file_id,
+            now_us(),
+        );
+        meta.next_file_id += 1;
+        Ok(entry)
+    }
+
+    pub fn append(&mut self, items: &[Item]) -> Result<()> {
+        self.write(|s| {
+            let mut meta = s.meta.clone();
+            let mut created = Vec::new();
+            let result = (|| {
+                for item in items {
+                    let Some(p) = meta.position(item.name) else {
+                        let entry = s.new_entry(&mut meta, item)?;
+                        s.create_file(&entry.file, item.data)?;
+                        created.push(entry.file.clone());
+                        meta.arrays.push(entry);
+                        continue;
+                    };
+                    let e = &mut meta.arrays[p];
+                    if e.dtype != item.dtype {
+                        return Err(Error::DType(format!(
+                            "array {:?}: cannot append {} rows to an array of dtype {}",
+                            item.name, item.dtype, e.dtype
+                        )));
+                    }
+                    if item.shape.is_empty() || item.shape[1..] != e.shape[1..] {
+                        return Err(Error::ShapeMismatch(format!(
+                            "array {:?}: rows of shape {:?} do not fit rows of shape {:?}",
+                            item.name,
+                            item.shape.get(1..).unwrap_or(&[]),
+                            &e.shape[1..]
+                        )));
+                    }
+                    check_len(item, e.itemsize())?;
+                    let file = OpenOptions::new().write(true).open(s.dir.join(&e.file))?;
+                    let end = e.physical_bytes();
+                    if file.metadata()?.len() < end {
+                        return Err(Error::Corrupt(format!(
+                            "{}: data file of array {:?} is shorter than its metadata says",
+                            s.dir.join(&e.file).display(),
+                            e.name
+                        )));
+                    }
+                    file.write_all_at(item.data, end)?;
+                    e.shape[0] += item.shape[0];
+                    e.modified_us = now_us();
+                }
+                s.commit(meta)
+            })();
+            if result.is_err() {
+                s.remove_files(&created);
+            }
+            result
+        })
+    }
+
+    pub fn replace(&mut self, items: &[Replacement]) -> Result<()> {
+        self.write(|s| {
+            let mut meta = s.meta.clone();
+            let mut plans = Vec::new();
+            for item in items {
+                let view = s.view(item.name)?;
+                let p = meta.position(item.name).expect("view found it");
+                view.check_rows(item.rows)?;
+                if item.data.len() != item.rows.len() * view.row {
+                    return Err(Error::ShapeMismatch(format!(
+                        "array {:?}: {} bytes of rows given for {} rows of {} bytes",
+                        item.name,
+                        item.data.len(),
+                        item.rows.len(),
+                        view.row
+                    )));
+                }
+                let physical = view.physical(item.rows);
+                let mut old = vec![0u8; item.data.len()];
+                gather::rows(view.src(), view.row, &physical, &mut old);
+                plans.push((
+                    p,
+                    meta.arrays[p].file.clone(),
+                    view.row,
+                    physical,
+                    old,
+                    item.data,
+                ));
+            }
+            let sections: Vec<Section> = plans
+                .iter()
+                .map(|(_, file, row, physical, old, _)| Section {
+                    file,
+                    row_bytes: *row,
+                    rows: physical,
+                    old,
+                })
+                .collect();
+            journal::write(&s.dir, &sections)?;
+            let written = (|| {
+                for (p, file, row, physical, _, data) in &plans {
+                    let f = OpenOptions::new().write(true).open(s.dir.join(file))?;
+                    write_rows(&f, *row, physical, data)?;
+                    meta.arrays[*p].modified_us = now_us();
+                }
+                s.commit(meta)
+            })();
+            if let Err(e) = written {
+                journal::recover(&s.dir)?;
+                return Err(e);
+            }
+            journal::remove(&s.dir)
+        })
+    }
+
+    pub fn drop_arrays(&mut self, names: &[&str]) -> Result<()> {
+        self.write(|s| {
+            for name in names {
+                s.entry(name)?;
+            }
+            let mut meta = s.meta.clone();
+            let (gone, kept) = meta
+                .arrays
+                .into_iter()
+                .partition(|e| names.contains(&e.name.as_str()));
+            meta.arrays = kept;
+            s.commit(meta)?;
+            let files: Vec<String> = gone.into_iter().map(|e: Entry| e.file).collect();
+            s.remove_files(&files);
+            Ok(())
+        })
+    }
+
+    /// Drops logical rows (ascending, unique) of one array.
+    pub fn drop_rows(&mut self, name: &str, rows: &[i64]) -> Result<()> {
+        self.write(|s| {
+            let view = s.view(name)?;
+            view.check_rows(rows)?;
+            let mut meta = s.meta.clone();
+            let p = meta.position(name).expect("view found it");
+            let e = &mut meta.arrays[p];
+            let dropped: Vec<u64> = e.deleted_rows().collect();
+            e.set_deleted(&rows::merge(&dropped, &view.physical(rows)));
+            e.modified_us = now_us();
+            s.commit(meta)
+        })
+    }
+
+    /// Rewrites arrays with dropped rows to hold only their live rows; with `None`, every
+    /// array, and files no metadata references are deleted.
+    pub fn compact(&mut self, names: Option<&[&str]>) -> Result<()> {
+        self.write(|s| {
+            if let Some(names) = names {
+                for name in names {
+                    s.entry(name)?;
+                }
+            }
+            let mut meta = s.meta.clone();
+            let mut created = Vec::new();
+            let mut retired = Vec::new();
+            let result = (|| {
+                for p in 0..meta.arrays.len() {
+                    let e = &meta.arrays[p];
+                    if e.dropped() == 0 || names.is_some_and(|n| !n.contains(&e.name.as_str())) {
+                        continue;
+                    }
+                    let view = s.view(&e.name)?;
+                    let mut fresh = Entry::new(
+                        &e.name,
+                        &e.dtype,
+                        e.logical_shape(),
+                        meta.next_file_id,
+                        now_us(),
+                    );
+                    meta.next_file_id += 1;
+                    fresh.modified_us = e.modified_us;
+                    let path = s.dir.join(&fresh.file);
+                    let _ = fs::remove_file(&path);
+                    created.push(fresh.file.clone());
+                    let mut out = std::io::BufWriter::with_capacity(
+                        1 << 22,
+                        OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&path)?,
+                    );
+                    for (_, first, n) in view.rows.runs(0, view.shape[0]) {
+                        let (a, b) = (first as usize * view.row, (first + n) as usize * view.row);
+                        out.write_all(&view.src()[a..b])?;
+                    }
+                    out.flush()?;
+                    retired.push(std::mem::replace(&mut meta.arrays[p], fresh).file);
+                }
+                s.commit(meta)
+            })();
+            if let Err(e) = result {
+                s.remove_files(&created);
+                return Err(e);
+            }
+            s.remove_files(&retired);
+            if names.is_none() {
+                s.sweep()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes data and temporary files that no metadata references (left by crashes).
+    fn sweep(&mut self) -> Result<()> {
+        let live: std::collections::HashSet<String> =
+            self.meta.arrays.iter().map(|e| e.file.clone()).collect();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if (name.ends_with(".npkd") && !live.contains(&name)) || name.ends_with(".tmp") {
+                let _ = fs::remove_file(self.dir.join(&name));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn reset(&mut self) -> Result<()> {
+        self.write(|s| {
+            let mut meta = s.meta.clone();
+            let files: Vec<String> = meta.arrays.drain(..).map(|e| e.file).collect();
+            s.commit(meta)?;
+            s.remove_files(&files);
+            Ok(())
+        })
+    }
+}
+
+fn check_len(item: &Item, itemsize: usize) -> Result<()> {
+    let want = item
+        .shape
+        .iter()
+        .try_fold(itemsize as u64, |a, &d| a.checked_mul(d));
+    if item.shape.is_empty() || want != Some(item.data.len() as u64) {
+        return Err(Error::InvalidArgument(format!(
+            "array {:?}: {} bytes do not make an array of shape {:?}",
+            item.name,
+            item.data.len(),
+            item.shape
+        )));
+    }
+    Ok(())
+}
+
+/// Writes rows in the order given (so a repeated row ends with its last value), runs at once.
+fn write_rows(file: &File, row: usize, physical: &[u64], data: &[u8]) -> Result<()> {
+    let mut k = 0;
+    while k < physical.len() {
+        let first = physical[k];
+        let mut n = 1;
+        while k + n < physical.len() && physical[k + n] == first + n as u64 {
+            n += 1;
+        }
+        file.write_all_at(&data[k * row..(k + n) * row], first * row as u64)?;
+        k += n;
+    }
+    Ok(())
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A snapshot of one array: the mapping and dropped rows it had when the view was made.
+pub struct View {
+    pub name: String,
+    pub dtype: String,
+    /// Logical shape.
+    pub shape: Vec<u64>,
+    pub dropped: u64,
+    row: usize,
+    len: usize,
+    rows: RowMap,
+    map: Option<Arc<Mmap>>,
+}
+
+impl View {
+    fn src(&self) -> &[u8] {
+        self.map.as_deref().map_or(&[], |m| &m[..self.len])
+    }
+
+    fn check_rows(&self, rows: &[i64]) -> Result<()> {
+        let n = self.shape[0];
+        match rows.iter().find(|&&r| r < 0 || r as u64 >= n) {
+            Some(bad) => Err(Error::RowIndex(format!(
+                "array {:?}: index {bad} is out of bounds for {n} rows",
+                self.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn check_out(&self, rows: u64, out: &[u8]) -> Result<()> {
+        if out.len() as u64 != rows * self.row as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "array {:?}: an output of {} bytes cannot hold {rows} rows of {} bytes",
+                self.name,
+                out.len(),
+                self.row
+            )));
+        }
+        Ok(())
+    }
+
+    /// Physical rows of checked logical rows.
+    fn physical(&self, rows: &[i64]) -> Vec<u64> {
+        rows.iter().map(|&r| self.rows.physical(r as u64)).collect()
+    }
+
+    /// Reads logical rows `start..stop` into `out`.
+    pub fn read(&self, start: u64, stop: u64, out: &mut [u8]) -> Result<()> {
+        if start > stop || stop > self.shape[0] {
+            return Err(Error::RowIndex(format!(
+                "array {:?}: rows {start}..{stop} are out of bounds for {} rows",
+                self.name, self.shape[0]
+            )));
+        }
+        self.check_out(stop - start, out)?;
+        let row = self.row;
+        for (logical, first, n) in self.rows.runs(start, stop) {
+            let at = (logical - start) as usize * row;
+            let src = &self.src()[first as usize * row..(first + n) as usize * row];
+            gather::bytes(src, &mut out[at..at + src.len()]);
+        }
+        Ok(())
+    }
+
+    /// Gathers logical rows, in the order given, into `out`.
+    pub fn gather(&self, rows: &[i64], out: &mut [u8]) -> Result<()> {
+        self.check_rows(rows)?;
+        self.check_out(rows.len() as u64, out)?;
+        if self.rows.is_identity() {
+            // SAFETY: i64 and u64 share size and alignment, and check_rows proved every value
+            // non-negative, so each reads back as the same number.
+            let rows =
+                unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const u64, rows.len()) };
+            gather::rows(self.src(), self.row, rows, out);
+        } else {
+            gather::rows(self.src(), self.row, &self.physical(rows), out);
+        }
+        Ok(())
+    }
+
+    /// All rows, zero-copy, when none are dropped and there are some.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        (self.rows.is_identity() && self.len > 0).then(|| self.src())
+    }
+}

@@ -1,0 +1,315 @@
+//! The `numpack._core` extension: converts types, releases the GIL and maps errors; nothing else.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use numpy::{PyReadonlyArray1, PyReadwriteArray1};
+use pyo3::exceptions::PyBufferError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use pyo3::{ffi, import_exception};
+
+use crate::core::{self, Error, Item, Replacement};
+
+import_exception!(numpack._errors, ArrayNotFoundError);
+import_exception!(numpack._errors, RowIndexError);
+import_exception!(numpack._errors, ShapeMismatchError);
+import_exception!(numpack._errors, DTypeError);
+import_exception!(numpack._errors, InvalidArgumentError);
+import_exception!(numpack._errors, CorruptStoreError);
+import_exception!(numpack._errors, StoreLockedError);
+import_exception!(numpack._errors, StoreClosedError);
+
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::NotFound(m) => ArrayNotFoundError::new_err(m),
+        Error::RowIndex(m) => RowIndexError::new_err(m),
+        Error::ShapeMismatch(m) => ShapeMismatchError::new_err(m),
+        Error::DType(m) => DTypeError::new_err(m),
+        Error::InvalidArgument(m) => InvalidArgumentError::new_err(m),
+        Error::Corrupt(m) => CorruptStoreError::new_err(m),
+        Error::Locked(m) => StoreLockedError::new_err(m),
+        Error::Io(e) => PyErr::from(e),
+    }
+}
+
+fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<T>, what: &str) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| InvalidArgumentError::new_err(format!("{what} must be C-contiguous")))
+}
+
+/// A NumPack store directory (the rust backend of `numpack.NumPack`).
+#[pyclass(frozen, module = "numpack._core")]
+struct Store {
+    inner: Mutex<Option<core::Store>>,
+}
+
+impl Store {
+    /// Runs `f` on the open store with the GIL released.
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut core::Store) -> core::Result<T> + Send,
+    ) -> PyResult<T> {
+        let result = py.detach(|| {
+            let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            guard.as_mut().map(f)
+        });
+        match result {
+            Some(r) => r.map_err(to_py),
+            None => Err(StoreClosedError::new_err("the store is closed")),
+        }
+    }
+}
+
+type ItemArgs<'py> = Vec<(String, String, Vec<u64>, PyReadonlyArray1<'py, u8>)>;
+
+fn items<'a>(args: &'a ItemArgs) -> PyResult<Vec<Item<'a>>> {
+    args.iter()
+        .map(|(name, dtype, shape, data)| {
+            Ok(Item {
+                name,
+                dtype,
+                shape,
+                data: slice(data, "data")?,
+            })
+        })
+        .collect()
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf, lock_timeout: f64) -> PyResult<Self> {
+        let timeout = Duration::try_from_secs_f64(lock_timeout.max(0.0))
+            .map_err(|e| InvalidArgumentError::new_err(format!("lock_timeout: {e}")))?;
+        let store = py
+            .detach(|| core::Store::open(&path, timeout))
+            .map_err(to_py)?;
+        Ok(Store {
+            inner: Mutex::new(Some(store)),
+        })
+    }
+
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.inner.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
+    fn names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.with(py, |s| s.names())
+    }
+
+    fn info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> PyResult<(String, Bound<'py, PyTuple>, i64)> {
+        let (dtype, shape, modified) = self.with(py, |s| s.info(name))?;
+        Ok((dtype, PyTuple::new(py, shape)?, modified))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn entries<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(String, String, Bound<'py, PyTuple>, u64, i64, String, u64)>> {
+        let entries = self.with(py, |s| s.entries())?;
+        entries
+            .into_iter()
+            .map(|e| {
+                let shape = PyTuple::new(py, e.logical_shape())?;
+                let disk = e.physical_bytes();
+                Ok((
+                    e.name.clone(),
+                    e.dtype.clone(),
+                    shape,
+                    e.dropped(),
+                    e.modified_us,
+                    e.file,
+                    disk,
+                ))
+            })
+            .collect()
+    }
+
+    fn save(&self, py: Python<'_>, items: ItemArgs) -> PyResult<()> {
+        let items = self::items(&items)?;
+        self.with(py, |s| s.save(&items))
+    }
+
+    fn append(&self, py: Python<'_>, items: ItemArgs) -> PyResult<()> {
+        let items = self::items(&items)?;
+        self.with(py, |s| s.append(&items))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn replace(
+        &self,
+        py: Python<'_>,
+        items: Vec<(String, PyReadonlyArray1<i64>, PyReadonlyArray1<u8>)>,
+    ) -> PyResult<()> {
+        let items = items
+            .iter()
+            .map(|(name, rows, data)| {
+                Ok(Replacement {
+                    name,
+                    rows: slice(rows, "rows")?,
+                    data: slice(data, "data")?,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.with(py, |s| s.replace(&items))
+    }
+
+    fn drop_arrays(&self, py: Python<'_>, names: Vec<String>) -> PyResult<()> {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.with(py, |s| s.drop_arrays(&names))
+    }
+
+    fn drop_rows(&self, py: Python<'_>, name: &str, rows: PyReadonlyArray1<i64>) -> PyResult<()> {
+        let rows = slice(&rows, "rows")?;
+        self.with(py, |s| s.drop_rows(name, rows))
+    }
+
+    #[pyo3(signature = (names=None))]
+    fn compact(&self, py: Python<'_>, names: Option<Vec<String>>) -> PyResult<()> {
+        let names: Option<Vec<&str>> = names
+            .as_ref()
+            .map(|n| n.iter().map(String::as_str).collect());
+        self.with(py, |s| s.compact(names.as_deref()))
+    }
+
+    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |s| s.reset())
+    }
+
+    fn view(&self, py: Python<'_>, name: &str) -> PyResult<View> {
+        let view = self.with(py, |s| s.view(name))?;
+        Ok(View {
+            inner: Arc::new(view),
+        })
+    }
+}
+
+/// A snapshot of one array (see `numpack._backend`).
+#[pyclass(frozen, module = "numpack._core")]
+struct View {
+    inner: Arc<core::View>,
+}
+
+#[pymethods]
+impl View {
+    #[getter]
+    fn dtype(&self) -> &str {
+        &self.inner.dtype
+    }
+
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.inner.shape)
+    }
+
+    #[getter]
+    fn dropped(&self) -> u64 {
+        self.inner.dropped
+    }
+
+    fn read(
+        &self,
+        py: Python<'_>,
+        start: u64,
+        stop: u64,
+        mut out: PyReadwriteArray1<u8>,
+    ) -> PyResult<()> {
+        let out = out
+            .as_slice_mut()
+            .map_err(|_| InvalidArgumentError::new_err("out must be C-contiguous"))?;
+        py.detach(|| self.inner.read(start, stop, out))
+            .map_err(to_py)
+    }
+
+    fn gather(
+        &self,
+        py: Python<'_>,
+        rows: PyReadonlyArray1<i64>,
+        mut out: PyReadwriteArray1<u8>,
+    ) -> PyResult<()> {
+        let rows = slice(&rows, "rows")?;
+        let out = out
+            .as_slice_mut()
+            .map_err(|_| InvalidArgumentError::new_err("out must be C-contiguous"))?;
+        py.detach(|| self.inner.gather(rows, out)).map_err(to_py)
+    }
+
+    /// A read-only buffer over the mapped rows, or None (see `core::View::bytes`).
+    fn buffer(&self) -> Option<Buffer> {
+        self.inner.bytes().map(|_| Buffer {
+            view: self.inner.clone(),
+        })
+    }
+}
+
+/// Exports a view's mapping through the buffer protocol; it keeps the mapping alive.
+#[pyclass(frozen, module = "numpack._core")]
+struct Buffer {
+    view: Arc<core::View>,
+}
+
+#[pymethods]
+impl Buffer {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("null view"));
+        }
+        if flags & ffi::PyBUF_WRITABLE != 0 {
+            return Err(PyBufferError::new_err("a numpack mapping is read-only"));
+        }
+        let (ptr, len) = {
+            let data = slf.get().view.bytes().unwrap_or(&[]);
+            (data.as_ptr(), data.len())
+        };
+        // SAFETY: `view` is a valid Py_buffer to fill (checked non-null); the data stays
+        // mapped while the exporter, whose reference we hand over in `obj`, is alive; the
+        // format string is static.
+        unsafe {
+            (*view).obj = slf.into_any().into_ptr();
+            (*view).buf = ptr as *mut c_void;
+            (*view).len = len as isize;
+            (*view).readonly = 1;
+            (*view).itemsize = 1;
+            (*view).format = if flags & ffi::PyBUF_FORMAT != 0 {
+                c"B".as_ptr() as *mut c_char
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).ndim = 1;
+            (*view).shape = if flags & ffi::PyBUF_ND != 0 {
+                &mut (*view).len
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
+                &mut (*view).itemsize
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).suboffsets = std::ptr::null_mut();
+            (*view).internal = std::ptr::null_mut();
+        }
+        Ok(())
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Store>()?;
+    m.add_class::<View>()?;
+    m.add_class::<Buffer>()?;
+    Ok(())
+}
