@@ -41,5 +41,3 @@ def store(backend, store_path):
     npk = NumPack(store_path, backend=backend)
     yield npk
     npk.close()
-
-

@@ -29,7 +29,8 @@ PACKAGE_ROOT = str(Path(numpack.__file__).resolve().parent.parent)
 
 
 def _require_rust_env() -> bool:
-    return os.environ.get("NUMPACK_REQUIRE_RUST", "").strip().lower() not in ("", "0", "false", "no")
+    value = os.environ.get("NUMPACK_REQUIRE_RUST", "").strip().lower()
+    return value not in ("", "0", "false", "no")
 
 
 def rust_import_error() -> str | None:
@@ -86,7 +87,8 @@ def data_bytes(directory) -> int:
 
 def subprocess_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    rest = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + rest if rest else "")
     return env
 
 

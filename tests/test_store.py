@@ -404,8 +404,18 @@ def test_drop_then_recreate_goes_last(store):
 
 
 @pytest.mark.parametrize(
-    "kind", ["int", "neg_int", "list", "dup_list", "neg_list", "slice_step", "mask", "empty_list",
-             "slice_neg_step"]
+    "kind",
+    [
+        "int",
+        "neg_int",
+        "list",
+        "dup_list",
+        "neg_list",
+        "slice_step",
+        "mask",
+        "empty_list",
+        "slice_neg_step",
+    ],
 )
 def test_drop_rows_hidden_everywhere(store, kind):
     base = make_array(np.int32, (10, 3), seed=3)
@@ -700,9 +710,22 @@ def test_lazy_asarray_is_zero_copy_and_read_only(store):
 @pytest.mark.parametrize(
     "key",
     [
-        3, -1, np.int32(2), slice(None), slice(1, None, 2), slice(None, None, -1), [4, 0, 4],
-        np.array([1, 2]), np.arange(6) > 2, (), (2, 1), (slice(1, 4), 0), ([3, 1], slice(None), 1),
-        (np.arange(6) % 2 == 0, 1, slice(None, None, -1)), (-1, -1, -1), (slice(None), [0, 2]),
+        3,
+        -1,
+        np.int32(2),
+        slice(None),
+        slice(1, None, 2),
+        slice(None, None, -1),
+        [4, 0, 4],
+        np.array([1, 2]),
+        np.arange(6) > 2,
+        (),
+        (2, 1),
+        (slice(1, 4), 0),
+        ([3, 1], slice(None), 1),
+        (np.arange(6) % 2 == 0, 1, slice(None, None, -1)),
+        (-1, -1, -1),
+        (slice(None), [0, 2]),
     ],
     ids=lambda k: repr(k).replace(" ", "")[:40],
 )

@@ -1,0 +1,130 @@
+"""The store's basic operations against the NumPy way of doing the same thing.
+
+Every row times numpack (each backend) and a NumPy baseline in the same run, on the same data,
+and reports medians and the speed-up `baseline / numpack` (above 1: numpack is faster).
+No call fsyncs, numpack or NumPy. Data stays in the page cache (the machine has the memory).
+
+    python benchmarks/bench_store.py                 # 100,000 rows, a quick look
+    python benchmarks/bench_store.py --rows 1000000  # the issue's workloads
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import fmt_time, machine, median_time, print_table  # noqa: E402
+
+from numpack import NumPack  # noqa: E402
+
+BACKENDS = ("rust", "python")
+
+
+def available_backends() -> list[str]:
+    try:
+        from numpack import _core  # noqa: F401
+    except ImportError:
+        return ["python"]
+    return list(BACKENDS)
+
+
+def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dict]:
+    """One table: each op's NumPy baseline and each backend, timed in this run."""
+    rng = np.random.default_rng(0)
+    arr = rng.standard_normal((rows, cols), dtype=np.float32)
+    k_small = min(100, rows)
+    k_gather = min(10_000, rows)
+    tmp = tempfile.mkdtemp(prefix="npk-bench-")
+    npy = os.path.join(tmp, "a.npy")
+    np.save(npy, arr)
+    stores = {b: NumPack(os.path.join(tmp, b), backend=b) for b in backends}
+    for npk in stores.values():
+        npk.save({"a": arr})
+    new_rows = rng.standard_normal((k_small, cols), dtype=np.float32)
+    idx = lambda k: rng.choice(rows, size=k, replace=False)  # noqa: E731
+
+    def npy_replace():
+        a = np.load(npy)
+        a[idx(k_small)] = new_rows
+        np.save(npy, a)
+
+    def memmap_replace():
+        m = np.load(npy, mmap_mode="r+")
+        m[idx(k_small)] = new_rows
+        del m  # unmaps without msync, like numpack's replace without fsync
+
+    def npy_append():
+        np.save(npy, np.concatenate([np.load(npy), new_rows]))
+
+    def npy_drop():
+        np.save(npy, np.delete(np.load(npy), idx(k_small), axis=0))
+
+    memmap = np.load(npy, mmap_mode="r")
+    ops = [
+        ("save", "np.save", lambda: np.save(npy, arr),
+         lambda n: n.save({"a": arr}), "whole array, file created, no fsync", 5),
+        ("load", "np.load", lambda: np.load(npy),
+         lambda n: n.load("a"), "into new memory the caller owns", 5),
+        ("lazy open", "np.load(mmap_mode='r')", lambda: np.load(npy, mmap_mode="r"),
+         lambda n: n.load("a", lazy=True), "map only, nothing read; store already open", 50),
+        ("replace 100 rows", "np.load + assign + np.save", npy_replace,
+         lambda n: n.replace({"a": new_rows}, idx(k_small)), "random rows, in place", 5),
+        ("replace 100 rows", "np.load(mmap_mode='r+') + assign + close", memmap_replace,
+         lambda n: n.replace({"a": new_rows}, idx(k_small)), "open, write, close; no msync", 50),
+        ("append 100 rows", "np.load + concatenate + np.save", npy_append,
+         lambda n: n.append({"a": new_rows}), "rows added at the end", 5),
+        ("drop 100 rows", "np.load + np.delete + np.save", npy_drop,
+         lambda n: n.drop("a", idx(k_small)), "random rows", 5),
+        ("getitem 10,000 rows", "memmap[idx] (memmap already open)",
+         lambda: memmap[idx(k_gather)], lambda n: n.getitem("a", idx(k_gather)),
+         "random unsorted rows into a new array", 30),
+    ]
+    table = []
+    for op, base_name, base_fn, npk_fn, includes, reps in ops:
+        reps = max(3, reps * repeat // 5)
+        row = {"operation": op, "baseline": base_name, "includes": includes}
+        base_t = median_time(base_fn, reps)
+        row["baseline median"] = fmt_time(base_t)
+        for b, npk in stores.items():
+            t = median_time(lambda npk=npk: npk_fn(npk), reps)
+            row[f"{b} median"] = fmt_time(t)
+            row[f"{b} speed-up"] = f"{base_t / t:.2f}x"
+        table.append(row)
+        # The baseline's file and the stores grow or shrink; start each op from the same array.
+        np.save(npy, arr)
+        memmap = np.load(npy, mmap_mode="r")
+        for npk in stores.values():
+            npk.save({"a": arr})
+    for npk in stores.values():
+        npk.close()
+    shutil.rmtree(tmp)
+    return table
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--cols", type=int, nargs="+", default=[10, 128])
+    p.add_argument("--repeat", type=int, default=5, help="scales the number of timed runs")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=None)
+    args = p.parse_args(argv)
+    backends = args.backends or available_backends()
+    print(f"numpack store benchmark: {machine()}; numpy {np.__version__}; backends {backends}")
+    cols = ["operation", "baseline", "baseline median"]
+    for b in backends:
+        cols += [f"{b} median", f"{b} speed-up"]
+    cols.append("includes")
+    for c in args.cols:
+        table = workload(args.rows, c, args.repeat, backends)
+        mb = args.rows * c * 4 / 1e6
+        print_table(f"{args.rows:,} x {c} float32 ({mb:,.0f} MB)", table, cols)
+
+
+if __name__ == "__main__":
+    main()
