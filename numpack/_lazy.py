@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import _dtypes, _indexing
+from ._errors import InvalidTypeError, RowIndexError
 
 
 def as_bytes(arr: np.ndarray) -> np.ndarray:
@@ -14,13 +15,23 @@ def as_bytes(arr: np.ndarray) -> np.ndarray:
     return arr.reshape(-1).view(np.uint8)
 
 
+def _reopen(path: str, name: str, backend: str) -> LazyArray:
+    from ._store import NumPack
+
+    with NumPack(path, backend=backend) as npk:
+        return npk.load(name, lazy=True)
+
+
 class LazyArray:
     """An array in a NumPack store that has not been read yet.
 
-    Indexing reads just the rows it selects into a new ndarray. `np.asarray(lazy)` maps the file
-    without reading it (zero-copy) when the array has no dropped rows; otherwise it reads the
-    live rows. A LazyArray is a snapshot of the array's rows when it was made: later appends and
-    drops do not show; rows replaced in place do.
+    Indexing follows NumPy's rules and reads only the rows it selects, into a new ndarray.
+    `np.asarray(lazy)` maps the file without reading it (zero-copy) when the array has no
+    dropped rows; otherwise it reads the live rows into memory.
+
+    A LazyArray is a snapshot of the rows the array had when it was made: rows replaced in
+    place afterwards show their new values; rows appended or dropped afterwards, and arrays
+    saved over or dropped afterwards, do not change what it shows (it keeps the old file).
     """
 
     def __init__(self, view, path: str, name: str, backend: str):
@@ -47,10 +58,21 @@ class LazyArray:
     def nbytes(self) -> int:
         return self.size * self.itemsize
 
+    @property
+    def T(self) -> np.ndarray:
+        return np.asarray(self).T
+
     def __len__(self) -> int:
         return self.shape[0]
 
     # -- reading ------------------------------------------------------------------------
+
+    def _mapped(self) -> np.ndarray | None:
+        """The whole array as a read-only view of the mapping, or None when impossible."""
+        buf = self._view.buffer()
+        if buf is None:
+            return None
+        return np.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
 
     def _read(self, sel) -> np.ndarray:
         out = np.empty((_indexing.count(sel),) + self.shape[1:], dtype=self.dtype)
@@ -61,25 +83,63 @@ class LazyArray:
                 self._view.gather(sel, as_bytes(out))
         return out
 
-    def __getitem__(self, key) -> np.ndarray:
-        rest = ()
-        if isinstance(key, tuple):
-            key, rest = (key[0], key[1:]) if key else (slice(None), ())
-        sel, scalar = _indexing.rows(key, self.shape[0], self._name)
+    def rows(self, index) -> np.ndarray:
+        """Rows selected by a row index (int, slice, list, int array, mask), read into memory."""
+        sel, scalar = _indexing.rows(index, self.shape[0], self._name)
         out = self._read(sel)
-        if scalar:
-            out = out[0]
-        return out[(slice(None),) * (not scalar) + rest] if rest else out
+        return out[0] if scalar else out
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        pos, first = _first_axis(key, self.ndim)
+        if pos is None or _is_basic(first):
+            mapped = self._mapped()
+            if mapped is not None:  # NumPy indexes the mapping; copy out what it selects
+                result = _numpy_index(mapped, key, self._name)
+                return result.copy() if np.may_share_memory(result, mapped) else result
+            if pos is None:
+                return _numpy_index(self.to_numpy(), key, self._name)
+        return self._index_rows(first, key, pos)
+
+    def _index_rows(self, first, key: tuple, pos: int) -> np.ndarray:
+        """Reads the rows that axis 0 selects, then applies `key` to them with axis 0 remapped
+        onto the rows read, which keeps every NumPy rule for how index arrays combine."""
+        if _is_basic(first):
+            sel, _ = _indexing.rows(first, self.shape[0], self._name)
+            inner = slice(None) if isinstance(first, slice) else 0
+            rows = self._read(sel)
+        else:
+            arr = np.asarray(first)
+            if arr.dtype == np.bool_ and arr.ndim > 1:
+                # A mask over several leading axes means its nonzero() arrays, one per axis.
+                if arr.shape != self.shape[: arr.ndim]:
+                    raise RowIndexError(
+                        f"array {self._name!r}: boolean index of shape {arr.shape} does not "
+                        f"match the array's shape {self.shape}"
+                    )
+                nz = np.nonzero(arr)
+                return self._index_rows(nz[0], key[:pos] + nz + key[pos + 1 :], pos)
+            flat, _ = _indexing.rows(arr if arr.ndim == 1 else arr.reshape(-1),
+                                     self.shape[0], self._name)
+            rows = self._read(flat)
+            inner = np.arange(len(flat)).reshape(arr.shape) if arr.dtype != np.bool_ else \
+                np.arange(len(flat))
+        rest = key[:pos] + (inner,) + key[pos + 1 :]
+        if all(isinstance(k, slice) and k == slice(None) for k in rest):
+            return rows
+        return _numpy_index(rows, rest, self._name)
 
     def to_numpy(self) -> np.ndarray:
         """The whole array, read into memory that the result owns."""
         return self._read(slice(0, self.shape[0]))
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        buf = self._view.buffer() if copy is not True else None
-        if buf is not None:
-            arr = np.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
-        else:
+        arr = self._mapped() if copy is not True else None
+        if arr is None:
+            if copy is False:
+                raise ValueError(
+                    f"array {self._name!r} has dropped rows, so it cannot be mapped without a copy"
+                )
             arr = self.to_numpy()
         if dtype is not None and np.dtype(dtype) != arr.dtype:
             if copy is False:
@@ -87,10 +147,61 @@ class LazyArray:
             arr = arr.astype(dtype)
         return arr
 
+    def reshape(self, *shape, order: str = "C") -> np.ndarray:
+        """`np.asarray(self).reshape(...)`: a view of the mapping when one is possible."""
+        return np.asarray(self).reshape(*shape, order=order)
+
+    def __matmul__(self, other):
+        return np.asarray(self) @ other
+
+    def __rmatmul__(self, other):
+        return other @ np.asarray(self)
+
     def __iter__(self) -> Iterator[np.ndarray]:
-        for start in range(0, len(self), 1024):
-            yield from self[start : start + 1024]
+        step = max(1, (1 << 22) // max(1, self.nbytes // max(1, len(self))))
+        for start in range(0, len(self), step):
+            yield from self._read(slice(start, min(start + step, len(self))))
+
+    def __reduce__(self):
+        return _reopen, (self._path, self._name, self._backend)
 
     def __repr__(self) -> str:
-        return (f"LazyArray(name={self._name!r}, shape={self.shape}, dtype={self.dtype}, "
+        dropped = f", rows_dropped={self._view.dropped}" if self._view.dropped else ""
+        return (f"LazyArray({self._name!r}, shape={self.shape}, dtype={self.dtype}{dropped}, "
                 f"path={self._path!r}, backend={self._backend!r})")
+
+
+def _is_basic(index) -> bool:
+    """Whether an index is a slice or an integer (not an array, list, mask or bool)."""
+    return isinstance(index, slice) or (
+        isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_))
+    )
+
+
+def _first_axis(key: tuple, ndim: int) -> tuple[int | None, object]:
+    """The position in `key` of the index that applies to axis 0, and that index; None when
+    an Ellipsis covers axis 0 or nothing indexes it."""
+    for i, k in enumerate(key):
+        if k is None:
+            continue
+        if k is Ellipsis:
+            consumed = sum(
+                np.ndim(x) if isinstance(x, np.ndarray) and x.dtype == np.bool_ else 1
+                for x in key
+                if x is not None and x is not Ellipsis
+            )
+            if ndim > consumed:
+                return None, None
+            continue
+        return i, k
+    return None, None
+
+
+def _numpy_index(arr: np.ndarray, key, name: str) -> np.ndarray:
+    """`arr[key]`, with NumPy's errors turned into numpack's."""
+    try:
+        return arr[key]
+    except IndexError as e:
+        raise RowIndexError(f"array {name!r}: {e}") from None
+    except TypeError as e:
+        raise InvalidTypeError(f"array {name!r}: {e}") from None

@@ -48,6 +48,17 @@ def _check_name(name) -> str:
     return name
 
 
+def _names(name) -> list[str]:
+    """One name or an iterable of names, checked, as a list."""
+    if isinstance(name, str):
+        return [_check_name(name)]
+    try:
+        names = list(name)
+    except TypeError:
+        raise InvalidTypeError(f"expected an array name or a list of them, got {name!r}") from None
+    return [_check_name(n) for n in names]
+
+
 def _check_arrays(arrays, method: str) -> Mapping:
     if not isinstance(arrays, Mapping):
         raise InvalidTypeError(f"{method}() takes a dict of {{name: array}}")
@@ -142,10 +153,7 @@ class NumPack:
     def drop(self, name, indexes=None) -> None:
         """Delete whole arrays (`name` a str or a list of them), or rows of one array."""
         if indexes is None:
-            names = [name] if isinstance(name, str) else list(name)
-            for n in names:
-                _check_name(n)
-            self._s.drop_arrays(names)
+            self._s.drop_arrays(_names(name))
             return
         if not isinstance(name, str):
             raise InvalidTypeError("drop(name, indexes) deletes rows of a single array")
@@ -158,13 +166,7 @@ class NumPack:
     @_os_errors
     def compact(self, name=None) -> None:
         """Reclaim the space of dropped rows (of one array, a list, or all of them)."""
-        if name is None:
-            self._s.compact(None)
-        else:
-            names = [name] if isinstance(name, str) else list(name)
-            for n in names:
-                _check_name(n)
-            self._s.compact(names)
+        self._s.compact(None if name is None else _names(name))
 
     @_os_errors
     def reset(self) -> None:
@@ -182,7 +184,7 @@ class NumPack:
     @_os_errors
     def getitem(self, name: str, indexes) -> np.ndarray:
         """Rows of an array, gathered in the order of `indexes` (an int drops the first axis)."""
-        return LazyArray(self._s.view(_check_name(name)), self._path, name, self.backend)[indexes]
+        return LazyArray(self._s.view(_check_name(name)), self._path, name, self.backend).rows(indexes)
 
     @_os_errors
     def stream_load(self, name: str, buffer_size: int = 1000) -> StreamLoader:
@@ -278,7 +280,7 @@ class StreamLoader:
     def __iter__(self) -> Iterator[np.ndarray]:
         n, b = len(self._lazy), self._batch
         for start in range(0, n, b):
-            yield self._lazy[start : start + b]
+            yield self._lazy.rows(slice(start, start + b))
 
 
 __all__ = ["NumPack", "StreamLoader"]

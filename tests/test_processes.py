@@ -47,6 +47,39 @@ class LockHolder:
         self.release()
 
 
+_BARRIER = """
+import sys
+import numpy, numpack  # imported before the barrier, so the writes start together
+print("ready", flush=True)
+sys.stdin.readline()  # every process starts writing at the same moment
+"""
+
+
+def run_together(script: str, argvs: list) -> None:
+    """Start one process per argv, release them all at once, and require that each succeeds."""
+    code = _BARRIER + script
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=subprocess_env())
+        for argv in argvs
+    ]  # fmt: skip
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
 WRITES = {
     "save": lambda s: s.save({"b": np.arange(3)}),
     "save_overwrite": lambda s: s.save({"a": np.arange(3)}),
@@ -147,21 +180,12 @@ with NumPack(path, backend=backend, lock_timeout=60) as npk:
 
 @pytest.mark.parametrize("precreate", [True, False], ids=["existing", "created_by_race"])
 def test_concurrent_appends_lose_nothing(backend, store_path, precreate):
-    n_procs, n_rows = 4, 25
+    n_procs, n_rows = 4, 50
     with NumPack(store_path, backend=backend) as npk:
         npk.save({"other": np.arange(3)})
         if precreate:
             npk.save({"log": np.empty((0, 2), dtype=np.int64)})
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _APPENDER, str(store_path), backend, str(w), str(n_rows), "log"],
-            stderr=subprocess.PIPE, text=True, env=subprocess_env(),
-        )
-        for w in range(n_procs)
-    ]  # fmt: skip
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+    run_together(_APPENDER, [(store_path, backend, w, n_rows, "log") for w in range(n_procs)])
     with NumPack(store_path, backend=backend) as npk:
         log = npk.load("log")
         assert log.shape == (n_procs * n_rows, 2)
@@ -190,14 +214,7 @@ def test_concurrent_savers_keep_every_array(backend, store_path):
     n_procs = 4
     with NumPack(store_path, backend=backend) as npk:
         npk.save({"count": np.array([-1] * 20)})
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _SAVER, str(store_path), backend, str(w)],
-                         stderr=subprocess.PIPE, text=True, env=subprocess_env())
-        for w in range(n_procs)
-    ]  # fmt: skip
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+    run_together(_SAVER, [(store_path, backend, w) for w in range(n_procs)])
     with NumPack(store_path, backend=backend) as npk:
         assert sorted(npk.get_member_list()) == ["count"] + [f"p{w}" for w in range(n_procs)]
         for w in range(n_procs):
