@@ -8,17 +8,28 @@ import statistics
 import time
 
 
-def median_time(fn, repeat: int, setup=None) -> float:
-    """Median wall time of `fn()` over `repeat` runs; `setup()` runs untimed before each."""
-    times = []
-    for _ in range(repeat):
-        if setup is not None:
-            setup()
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def medians(fns: dict, repeat: int, setup=None) -> dict:
+    """Median wall time of each `fns[name]()` over `repeat` rounds.
+
+    The functions run round-robin, one call each per round, so drift in a shared machine's
+    speed hits all of them alike; `setup()` runs untimed before each call (the same inputs for
+    every function of a round when it only changes between rounds). The garbage collector is
+    paused while timing.
+    """
+    times = {name: [] for name in fns}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for name, fn in fns.items():
+                if setup is not None:
+                    setup()
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def fmt_time(t: float) -> str:

@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import fmt_time, machine, median_time, print_table  # noqa: E402
+from _common import fmt_time, machine, medians, print_table  # noqa: E402
 
 from numpack import NumPack  # noqa: E402
 
@@ -47,7 +47,13 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
     for npk in stores.values():
         npk.save({"a": arr})
     new_rows = rng.standard_normal((k_small, cols), dtype=np.float32)
-    idx = lambda k: rng.choice(rows, size=k, replace=False)  # noqa: E731
+    cur = {}  # the random rows of the current call, drawn untimed by `draw`
+
+    def draw():
+        cur[k_small] = rng.choice(rows, size=k_small, replace=False)
+        cur[k_gather] = rng.integers(0, rows, size=k_gather)
+
+    idx = cur.__getitem__
 
     def npy_replace():
         a = np.load(npy)
@@ -89,12 +95,13 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
     for op, base_name, base_fn, npk_fn, includes, reps in ops:
         reps = max(3, reps * repeat // 5)
         row = {"operation": op, "baseline": base_name, "includes": includes}
-        base_t = median_time(base_fn, reps)
-        row["baseline median"] = fmt_time(base_t)
-        for b, npk in stores.items():
-            t = median_time(lambda npk=npk: npk_fn(npk), reps)
-            row[f"{b} median"] = fmt_time(t)
-            row[f"{b} speed-up"] = f"{base_t / t:.2f}x"
+        fns = {"baseline": base_fn}
+        fns.update({b: (lambda npk=npk: npk_fn(npk)) for b, npk in stores.items()})
+        t = medians(fns, reps, draw)
+        row["baseline median"] = fmt_time(t["baseline"])
+        for b in stores:
+            row[f"{b} median"] = fmt_time(t[b])
+            row[f"{b} speed-up"] = f"{t['baseline'] / t[b]:.2f}x"
         table.append(row)
         # The baseline's file and the stores grow or shrink; start each op from the same array.
         np.save(npy, arr)

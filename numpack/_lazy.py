@@ -96,7 +96,10 @@ class LazyArray:
             mapped = self._mapped()
             if mapped is not None:  # NumPy indexes the mapping; copy out what it selects
                 result = _numpy_index(mapped, key, self._name)
-                return result.copy() if np.may_share_memory(result, mapped) else result
+                # Views of the read-only mapping are the only read-only results.
+                if isinstance(result, np.ndarray) and not result.flags.writeable:
+                    result = result.copy()
+                return result
             if pos is None:
                 return _numpy_index(self.to_numpy(), key, self._name)
         return self._index_rows(first, key, pos)
@@ -132,6 +135,15 @@ class LazyArray:
     def to_numpy(self) -> np.ndarray:
         """The whole array, read into memory that the result owns."""
         return self._read(slice(0, self.shape[0]))
+
+    @property
+    def __array_interface__(self) -> dict:
+        # NumPy prefers this to __array__ and reads the mapping through it without a copy
+        # (some functions, np.inner among them, would otherwise ask __array__ for a copy).
+        mapped = self._mapped()
+        if mapped is None:
+            raise AttributeError("__array_interface__: dropped rows leave no single mapping")
+        return mapped.__array_interface__
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         arr = self._mapped() if copy is not True else None

@@ -349,7 +349,10 @@ BAD_INDEXES = {
         (op, idx)
         for op in ("getitem", "lazy", "replace", "drop_rows")
         for idx in BAD_INDEXES
-        if not (op == "drop_rows" and idx == "none")  # drop(name, None) drops the whole array
+        # drop(name, None) drops the whole array; a LazyArray indexes as NumPy does, where
+        # None is a new axis, a 2-D integer array is fancy indexing and a bool is a 0-d mask
+        if not (op == "drop_rows" and idx == "none")
+        and not (op == "lazy" and idx in ("none", "2d_array", "bool", "np_bool"))
     ],
 )
 def test_bad_index_types(filled, op, idx):

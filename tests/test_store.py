@@ -707,37 +707,90 @@ def test_lazy_asarray_is_zero_copy_and_read_only(store):
     assert_same_array(store.load("a"), base)
 
 
+_MASK2 = np.arange(24).reshape(6, 4) % 5 == 0
+_MASK3 = make_array(np.bool_, (6, 4, 2), seed=12)
+
+LAZY_KEYS = [
+    3, -1, np.int32(2), slice(None), slice(1, None, 2), slice(None, None, -1), slice(10, 20),
+    [4, 0, 4], [True, False] * 3, np.array([1, 2]), np.array([], dtype=np.int64),
+    np.arange(6) > 2, np.array([[0, 1], [5, 2]]), (), (2, 1), (slice(1, 4), 0),
+    ([3, 1], slice(None), 1), (np.arange(6) % 2 == 0, 1, slice(None, None, -1)), (-1, -1, -1),
+    (slice(None), [0, 2]), ([0, 2], [1, 3]), ([0, 2], slice(None), [1, 0]),
+    (slice(None), [0, 2], [1, 0]), (slice(1, 5), slice(None, None, 2), -1), ([[1], [3]], [0, 2]),
+    (4, [1, 2], 0), Ellipsis, (Ellipsis, 0), (0, Ellipsis), (Ellipsis, 1, 0), (1, Ellipsis, 1),
+    None, (None, 2), (slice(None), None, 1), (Ellipsis, None), _MASK2, _MASK3, (_MASK2, 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["plain", "dropped"])
 @pytest.mark.parametrize(
-    "key",
-    [
-        3,
-        -1,
-        np.int32(2),
-        slice(None),
-        slice(1, None, 2),
-        slice(None, None, -1),
-        [4, 0, 4],
-        np.array([1, 2]),
-        np.arange(6) > 2,
-        (),
-        (2, 1),
-        (slice(1, 4), 0),
-        ([3, 1], slice(None), 1),
-        (np.arange(6) % 2 == 0, 1, slice(None, None, -1)),
-        (-1, -1, -1),
-        (slice(None), [0, 2]),
-    ],
-    ids=lambda k: repr(k).replace(" ", "")[:40],
+    "key", LAZY_KEYS, ids=lambda k: repr(k).replace(" ", "").replace("\n", "")[:40]
 )
-def test_lazy_indexing(store, key):
+def test_lazy_indexing(store, key, dropped):
     base = make_array(np.int16, (6, 4, 2), seed=4)
-    store.save({"a": base})
+    if dropped:  # the same live rows, with dropped rows around them
+        full = np.concatenate([base[:2], base[:1], base[2:], base[:3]])
+        store.save({"a": full})
+        store.drop("a", [2, 7, 8, 9])
+    else:
+        store.save({"a": base})
     lazy = store.load("a", lazy=True)
     got = lazy[key]
     expected = base[key]
     assert_same_array(got, expected)
-    if isinstance(got, np.ndarray) and got.size:
-        assert not np.shares_memory(got, np.asarray(lazy))
+    if isinstance(got, np.ndarray):
+        assert got.flags.writeable  # an ndarray of its own, not a view of the mapping
+        if got.size:
+            assert not np.shares_memory(got, np.asarray(lazy))
+
+
+@pytest.mark.parametrize(
+    "key", [6, -7, (0, 4), (0, 0, 2), (0, 0, 0, 0), (Ellipsis, 2), [0, 6], (slice(None), [4])],
+    ids=repr,
+)  # fmt: skip
+def test_lazy_index_out_of_range(store, key):
+    store.save({"a": np.zeros((6, 4, 2), np.int16)})
+    lazy = store.load("a", lazy=True)
+    with pytest.raises(numpack.RowIndexError):
+        lazy[key]
+
+
+def test_lazy_reshape_transpose_matmul(store):
+    base = np.arange(24, dtype=np.float64).reshape(6, 4)
+    store.save({"a": base})
+    lazy = store.load("a", lazy=True)
+    assert_same_array(lazy.reshape(4, 6), base.reshape(4, 6))
+    assert_same_array(lazy.reshape(-1), base.reshape(-1))
+    assert_same_array(lazy.T, base.T)
+    m = np.arange(8.0).reshape(4, 2)
+    assert_same_array(lazy @ m, base @ m)
+    assert_same_array(m.T @ lazy.T, m.T @ base.T)
+    q = np.arange(6.0)
+    assert_same_array(q @ lazy, q @ base)
+
+
+def test_lazy_pickles_by_path(store):
+    import pickle
+
+    base = make_array(np.complex64, (5, 2), seed=6)
+    store.save({"a": base})
+    store.drop("a", [0])
+    lazy = store.load("a", lazy=True)
+    clone = pickle.loads(pickle.dumps(lazy))
+    assert isinstance(clone, LazyArray)
+    assert clone.shape == (4, 2) and clone.dtype == np.complex64
+    assert_same_array(clone[:], base[1:])
+    assert_same_array(np.asarray(clone), base[1:])
+
+
+def test_lazy_with_dropped_rows(store):
+    store.save({"a": np.arange(10, dtype=np.int32)})
+    store.drop("a", [0, 9])
+    lazy = store.load("a", lazy=True)
+    assert "dropped" in repr(lazy)
+    assert_same_array(np.asarray(lazy), np.arange(1, 9, dtype=np.int32))
+    with pytest.raises(ValueError):
+        np.array(lazy, copy=False)  # dropped rows: no single mapping to view
 
 
 def test_lazy_iteration_and_numpy_functions(store):

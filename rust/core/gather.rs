@@ -23,9 +23,19 @@ pub fn rows(src: &[u8], row: usize, rows: &[u64], out: &mut [u8]) {
         .for_each(|(o, r)| copy_runs(src, row, r, o));
 }
 
+/// How many rows ahead of the copy to ask the CPU to start loading: random rows miss the
+/// cache, and overlapping those misses is what makes a gather fast.
+const PREFETCH_AHEAD: usize = 8;
+
 fn copy_runs(src: &[u8], row: usize, rows: &[u64], out: &mut [u8]) {
+    for &r in rows.iter().take(PREFETCH_AHEAD) {
+        prefetch(src, r as usize * row, row);
+    }
     let mut k = 0;
     while k < rows.len() {
+        if let Some(&r) = rows.get(k + PREFETCH_AHEAD) {
+            prefetch(src, r as usize * row, row);
+        }
         let first = rows[k] as usize;
         let mut n = 1;
         while k + n < rows.len() && rows[k + n] as usize == first + n {
@@ -34,6 +44,24 @@ fn copy_runs(src: &[u8], row: usize, rows: &[u64], out: &mut [u8]) {
         out[k * row..(k + n) * row].copy_from_slice(&src[first * row..(first + n) * row]);
         k += n;
     }
+}
+
+/// Hints the CPU to load `src[at..at + len]` (at most 1 KiB of it) into cache.
+#[inline(always)]
+fn prefetch(src: &[u8], at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (at..at + len.min(1024)).step_by(64) {
+        if let Some(b) = src.get(line) {
+            // SAFETY: a prefetch of an address inside `src`; it never faults or writes.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    b as *const u8 as *const i8,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (src, at, len);
 }
 
 /// Copies `src` into `out` (same length), in parallel when it is large.

@@ -1,0 +1,1 @@
+"""The pure-Python backend: the store format of spec/FORMAT.md, in NumPy."""

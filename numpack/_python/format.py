@@ -1,0 +1,197 @@
+"""metadata.npkm: its classes, MessagePack encoding and validation (FORMAT.md 2)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from .._dtypes import SUPPORTED
+from .._errors import CorruptStoreError
+from .naming import is_data_file_of
+
+VERSION = 1
+# Sizes and offsets are signed 64-bit in the OS (off_t) and in the Rust core.
+_MAX = 2**63 - 1
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+NO_ROWS = _frozen(np.zeros(0, np.int64))
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayEntry:
+    """One array. `shape` is physical; `deleted` holds the physical indexes of dropped rows
+    (ascending int64, read-only). Entries are never changed, only replaced, so a View can keep
+    one as its snapshot."""
+
+    name: str
+    file: str
+    dtype: str
+    shape: tuple
+    deleted: np.ndarray
+    modified_us: int
+    compression: dict | None = None
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * np.dtype(self.dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the physical rows, dropped ones included: what the data file must hold."""
+        return self.shape[0] * self.row_bytes
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] - len(self.deleted)
+
+    @property
+    def logical_shape(self) -> tuple:
+        return (self.rows,) + self.shape[1:]
+
+
+@dataclass(frozen=True, eq=False)
+class Metadata:
+    next_file_id: int
+    arrays: tuple
+
+    @functools.cached_property
+    def _by_name(self) -> dict:
+        return {e.name: e for e in self.arrays}
+
+    def find(self, name: str) -> ArrayEntry | None:
+        return self._by_name.get(name)
+
+
+def encode(meta: Metadata) -> bytes:
+    arrays = [
+        {
+            "name": e.name,
+            "file": e.file,
+            "dtype": e.dtype,
+            "shape": list(e.shape),
+            "deleted": e.deleted.astype("<u8").tobytes(),
+            "modified_us": e.modified_us,
+            "compression": e.compression,
+        }
+        for e in meta.arrays
+    ]
+    doc = {
+        "format": "numpack",
+        "version": VERSION,
+        "next_file_id": meta.next_file_id,
+        "arrays": arrays,
+    }
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def _is_int(x) -> bool:
+    return type(x) is int  # not bool, which Python counts as an int
+
+
+def decode(data: bytes, path: str, data_dir: str | None = None) -> Metadata:
+    """Parse and validate metadata; with `data_dir`, also check each data file is long enough.
+
+    Every defect raises CorruptStoreError naming `path` (the store).
+    """
+
+    def bad(why: str) -> CorruptStoreError:
+        return CorruptStoreError(f"{path}: metadata.npkm {why}")
+
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack signals garbage with several exception types
+        raise bad(f"is not valid MessagePack ({type(e).__name__}: {e})") from None
+    if not isinstance(doc, dict):
+        raise bad(f"holds a {type(doc).__name__}, not a map")
+    if doc.get("format") != "numpack":
+        raise bad(f"has format {doc.get('format')!r}, not 'numpack'")
+    version = doc.get("version")
+    if not _is_int(version) or version < 1:
+        raise bad(f"has an invalid version {version!r}")
+    if version > VERSION:
+        raise CorruptStoreError(
+            f"{path}: the store has format version {version}, newer than version {VERSION} "
+            "that this numpack supports; upgrade numpack"
+        )
+    next_file_id = doc.get("next_file_id")
+    if not _is_int(next_file_id) or next_file_id < 0:
+        raise bad(f"has an invalid next_file_id {next_file_id!r}")
+    arrays = doc.get("arrays")
+    if not isinstance(arrays, list):
+        raise bad("has no list of arrays")
+    entries = [_entry(a, i, bad) for i, a in enumerate(arrays)]
+    seen = set()
+    for e in entries:
+        if e.name in seen:
+            raise bad(f"lists array {e.name!r} twice")
+        seen.add(e.name)
+    if data_dir is not None:
+        for e in entries:
+            _check_file(e, data_dir, path)
+    return Metadata(next_file_id, tuple(entries))
+
+
+def _entry(a, i: int, bad) -> ArrayEntry:
+    if not isinstance(a, dict):
+        raise bad(f"arrays[{i}] is not a map")
+    name = a.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad(f"arrays[{i}] has an invalid name {name!r}")
+    what = f"array {name!r}"
+    dtype = a.get("dtype")
+    if not isinstance(dtype, str) or dtype not in SUPPORTED:
+        raise bad(f"{what} has unknown dtype {dtype!r}")
+    file = a.get("file")
+    if not isinstance(file, str) or not is_data_file_of(name, file):
+        raise bad(f"{what} names data file {file!r}, not one its name derives")
+    shape = a.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(_is_int(d) and 0 <= d <= _MAX for d in shape)
+        or math.prod(shape) * np.dtype(dtype).itemsize > _MAX
+    ):
+        raise bad(f"{what} has an impossible shape {shape!r}")
+    raw = a.get("deleted")
+    if not isinstance(raw, bytes) or len(raw) % 8:
+        raise bad(f"{what} has a torn dropped-row list")
+    deleted = np.frombuffer(raw, "<u8")
+    if len(deleted) and (np.any(deleted[1:] <= deleted[:-1]) or deleted[-1] >= shape[0]):
+        raise bad(f"{what} has an invalid dropped-row list")
+    modified_us = a.get("modified_us")
+    if not _is_int(modified_us):
+        raise bad(f"{what} has an invalid modified_us {modified_us!r}")
+    compression = a.get("compression")
+    if compression is not None and not isinstance(compression, dict):
+        raise bad(f"{what} has an invalid compression {compression!r}")
+    # Values below shape[0] <= _MAX, so int64 holds them and row arithmetic stays signed.
+    rows = _frozen(deleted.astype(np.int64)) if len(deleted) else NO_ROWS
+    return ArrayEntry(name, file, dtype, tuple(shape), rows, modified_us, compression)
+
+
+def _check_file(e: ArrayEntry, data_dir: str, path: str) -> None:
+    """A raw array's data file must hold all its physical rows (it may hold more)."""
+    need = e.nbytes
+    if e.compression is not None or not need:
+        return
+    try:
+        size = os.stat(os.path.join(data_dir, e.file)).st_size
+    except FileNotFoundError:
+        raise CorruptStoreError(
+            f"{path}: data file {e.file} of array {e.name!r} is missing"
+        ) from None
+    if size < need:
+        raise CorruptStoreError(
+            f"{path}: data file {e.file} of array {e.name!r} holds {size} bytes; "
+            f"its shape needs {need}"
+        )
