@@ -42,8 +42,12 @@ print(json.dumps({"growth": rss_anon() - before, "nbytes": lazy.nbytes}))
 
 
 def rss_growth(path: str, backend: str, cols: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, path, backend, str(cols)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, path, backend, str(cols)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -79,23 +83,45 @@ def run(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dict]:
         setup = lambda k=k: idx.__setitem__("i", rng.integers(0, rows, size=k))  # noqa: E731
         reps = 50 if k <= 10_000 else 5
         for base_name, base in (("in-memory arr[idx]", arr), ("open np.memmap[idx]", memmap)):
-            add(f"getitem {k:,} random rows", base_name, lambda base=base: base[idx["i"]],
-                lambda b: stores[b].getitem("a", idx["i"]), "unsorted, repeats allowed", reps,
-                setup)
-    add("np.inner(q, lazy)", "np.inner(q, arr in memory)", lambda: np.inner(q, arr),
-        lambda b: np.inner(q, lazies[b]), "one query vector against every row", 10)
-    add("stream_load full pass", "np.load of the .npy", lambda: np.load(npy),
+            add(
+                f"getitem {k:,} random rows",
+                base_name,
+                lambda base=base: base[idx["i"]],
+                lambda b: stores[b].getitem("a", idx["i"]),
+                "unsorted, repeats allowed",
+                reps,
+                setup,
+            )
+    add(
+        "np.inner(q, lazy)",
+        "np.inner(q, arr in memory)",
+        lambda: np.inner(q, arr),
+        lambda b: np.inner(q, lazies[b]),
+        "one query vector against every row",
+        10,
+    )
+    add(
+        "stream_load full pass",
+        "np.load of the .npy",
+        lambda: np.load(npy),
         lambda b: [x.sum() for x in stores[b].stream_load("a", buffer_size=65_536)],
-        "batches of 65,536 rows, each summed", 5)
-    for b, npk in stores.items():
+        "batches of 65,536 rows, each summed",
+        5,
+    )
+    for npk in stores.values():
         npk.close()
     for b in backends:
         g = rss_growth(os.path.join(tmp, b), b, cols)
-        table.append({"operation": f"RssAnon growth during np.inner(q, lazy), {b}",
-                      "baseline": "array size", "baseline median": f"{g['nbytes'] / 1e6:.0f} MB",
-                      f"{b} median": f"{g['growth'] / 1e6:.1f} MB",
-                      f"{b} speed-up": f"{100 * g['growth'] / g['nbytes']:.1f}% of the array",
-                      "includes": "fresh subprocess, anonymous memory only"})
+        table.append(
+            {
+                "operation": f"RssAnon growth during np.inner(q, lazy), {b}",
+                "baseline": "array size",
+                "baseline median": f"{g['nbytes'] / 1e6:.0f} MB",
+                f"{b} median": f"{g['growth'] / 1e6:.1f} MB",
+                f"{b} speed-up": f"{100 * g['growth'] / g['nbytes']:.1f}% of the array",
+                "includes": "fresh subprocess, anonymous memory only",
+            }
+        )
     return table
 
 

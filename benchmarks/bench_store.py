@@ -73,30 +73,77 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
 
     memmap = np.load(npy, mmap_mode="r")
     ops = [
-        ("save", "np.save", lambda: np.save(npy, arr),
-         lambda n: n.save({"a": arr}), "whole array, file created, no fsync", 5),
-        ("load", "np.load", lambda: np.load(npy),
-         lambda n: n.load("a"), "into new memory the caller owns", 5),
-        ("lazy open", "np.load(mmap_mode='r')", lambda: np.load(npy, mmap_mode="r"),
-         lambda n: n.load("a", lazy=True), "map only, nothing read; store already open", 50),
-        ("replace 100 rows", "np.load + assign + np.save", npy_replace,
-         lambda n: n.replace({"a": new_rows}, idx(k_small)), "random rows, in place", 5),
-        ("replace 100 rows", "np.load(mmap_mode='r+') + assign + close", memmap_replace,
-         lambda n: n.replace({"a": new_rows}, idx(k_small)), "open, write, close; no msync", 50),
-        ("append 100 rows", "np.load + concatenate + np.save", npy_append,
-         lambda n: n.append({"a": new_rows}), "rows added at the end", 5),
-        ("drop 100 rows", "np.load + np.delete + np.save", npy_drop,
-         lambda n: n.drop("a", idx(k_small)), "random rows", 5),
-        ("getitem 10,000 rows", "memmap[idx] (memmap already open)",
-         lambda: memmap[idx(k_gather)], lambda n: n.getitem("a", idx(k_gather)),
-         "random unsorted rows into a new array", 30),
+        (
+            "save",
+            "np.save",
+            lambda: np.save(npy, arr),
+            lambda n: n.save({"a": arr}),
+            "whole array, file created, no fsync",
+            5,
+        ),
+        (
+            "load",
+            "np.load",
+            lambda: np.load(npy),
+            lambda n: n.load("a"),
+            "into new memory the caller owns",
+            5,
+        ),
+        (
+            "lazy open",
+            "np.load(mmap_mode='r')",
+            lambda: np.load(npy, mmap_mode="r"),
+            lambda n: n.load("a", lazy=True),
+            "map only, nothing read; store already open",
+            50,
+        ),
+        (
+            "replace 100 rows",
+            "np.load + assign + np.save",
+            npy_replace,
+            lambda n: n.replace({"a": new_rows}, idx(k_small)),
+            "random rows, in place",
+            5,
+        ),
+        (
+            "replace 100 rows",
+            "np.load(mmap_mode='r+') + assign + close",
+            memmap_replace,
+            lambda n: n.replace({"a": new_rows}, idx(k_small)),
+            "open, write, close; no msync",
+            50,
+        ),
+        (
+            "append 100 rows",
+            "np.load + concatenate + np.save",
+            npy_append,
+            lambda n: n.append({"a": new_rows}),
+            "rows added at the end",
+            5,
+        ),
+        (
+            "drop 100 rows",
+            "np.load + np.delete + np.save",
+            npy_drop,
+            lambda n: n.drop("a", idx(k_small)),
+            "random rows",
+            5,
+        ),
+        (
+            "getitem 10,000 rows",
+            "memmap[idx] (memmap already open)",
+            lambda: memmap[idx(k_gather)],
+            lambda n: n.getitem("a", idx(k_gather)),
+            "random unsorted rows into a new array",
+            30,
+        ),
     ]
     table = []
     for op, base_name, base_fn, npk_fn, includes, reps in ops:
         reps = max(3, reps * repeat // 5)
         row = {"operation": op, "baseline": base_name, "includes": includes}
         fns = {"baseline": base_fn}
-        fns.update({b: (lambda npk=npk: npk_fn(npk)) for b, npk in stores.items()})
+        fns.update({b: (lambda npk=npk, f=npk_fn: f(npk)) for b, npk in stores.items()})
         t = medians(fns, reps, draw)
         row["baseline median"] = fmt_time(t["baseline"])
         for b in stores:

@@ -42,7 +42,9 @@ def rows(index, n: int, name: str) -> tuple[np.ndarray | slice, bool]:
     if arr.size == 0 and arr.dtype.kind not in "iu":
         arr = arr.astype(np.int64)  # [] is an empty selection, as in NumPy
     if arr.dtype.kind not in "iu":
-        raise InvalidTypeError(f"array {name!r}: row indexes must be {_INDEX_TYPES}, got {arr.dtype}")
+        raise InvalidTypeError(
+            f"array {name!r}: row indexes must be {_INDEX_TYPES}, got {arr.dtype}"
+        )
     if arr.ndim != 1:
         raise InvalidTypeError(
             f"array {name!r}: row indexes must be one-dimensional, got shape {arr.shape}"

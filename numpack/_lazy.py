@@ -122,11 +122,15 @@ class LazyArray:
                     )
                 nz = np.nonzero(arr)
                 return self._index_rows(nz[0], key[:pos] + nz + key[pos + 1 :], pos)
-            flat, _ = _indexing.rows(arr if arr.ndim == 1 else arr.reshape(-1),
-                                     self.shape[0], self._name)
+            flat, _ = _indexing.rows(
+                arr if arr.ndim == 1 else arr.reshape(-1), self.shape[0], self._name
+            )
             rows = self._read(flat)
-            inner = np.arange(len(flat)).reshape(arr.shape) if arr.dtype != np.bool_ else \
-                np.arange(len(flat))
+            inner = (
+                np.arange(len(flat)).reshape(arr.shape)
+                if arr.dtype != np.bool_
+                else np.arange(len(flat))
+            )
         rest = key[:pos] + (inner,) + key[pos + 1 :]
         if all(isinstance(k, slice) and k == slice(None) for k in rest):
             return rows
@@ -179,8 +183,10 @@ class LazyArray:
 
     def __repr__(self) -> str:
         dropped = f", rows_dropped={self._view.dropped}" if self._view.dropped else ""
-        return (f"LazyArray({self._name!r}, shape={self.shape}, dtype={self.dtype}{dropped}, "
-                f"path={self._path!r}, backend={self._backend!r})")
+        return (
+            f"LazyArray({self._name!r}, shape={self.shape}, dtype={self.dtype}{dropped}, "
+            f"path={self._path!r}, backend={self._backend!r})"
+        )
 
 
 def _is_basic(index) -> bool:

@@ -10,7 +10,6 @@ import numpy as np
 
 from . import _backend, _dtypes, _indexing
 from ._errors import (
-    ArrayNotFoundError,
     InvalidArgumentError,
     InvalidTypeError,
     NumPackError,
@@ -75,8 +74,13 @@ class NumPack:
     for another process's write lock before raising StoreLockedError.
     """
 
-    def __init__(self, filename, drop_if_exists: bool = False, backend: str | None = None,
-                 lock_timeout: float = 10.0):
+    def __init__(
+        self,
+        filename,
+        drop_if_exists: bool = False,
+        backend: str | None = None,
+        lock_timeout: float = 10.0,
+    ):
         self.backend, module = _backend.load(backend)
         self._path = os.path.abspath(os.fspath(filename))
         try:
@@ -184,7 +188,9 @@ class NumPack:
     @_os_errors
     def getitem(self, name: str, indexes) -> np.ndarray:
         """Rows of an array, gathered in the order of `indexes` (an int drops the first axis)."""
-        return LazyArray(self._s.view(_check_name(name)), self._path, name, self.backend).rows(indexes)
+        return LazyArray(self._s.view(_check_name(name)), self._path, name, self.backend).rows(
+            indexes
+        )
 
     @_os_errors
     def stream_load(self, name: str, buffer_size: int = 1000) -> StreamLoader:
@@ -228,8 +234,7 @@ class NumPack:
                 "file": file,
                 "compression": None,
             }
-        return {"path": self._path, "backend": self.backend, "format_version": 1,
-                "arrays": arrays}
+        return {"path": self._path, "backend": self.backend, "format_version": 1, "arrays": arrays}
 
     @_os_errors
     def has_array(self, name: str) -> bool:
