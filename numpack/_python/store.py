@@ -51,7 +51,7 @@ def _synchronized(method):
     return wrapper
 
 
-def _stamp(st: os.stat_result) -> tuple:
+def _stamp_of(st: os.stat_result) -> tuple:
     """What tells one version of metadata.npkm from another without reading it."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
@@ -199,14 +199,14 @@ class Store:
 
     def _stat(self) -> tuple:
         try:
-            return _stamp(os.stat(self._meta_path))
+            return _stamp_of(os.stat(self._meta_path))
         except FileNotFoundError:
             raise self._missing() from None
 
     def _read(self) -> tuple[tuple, bytes]:
         try:
             with open(self._meta_path, "rb") as f:
-                return _stamp(os.fstat(f.fileno())), f.read()
+                return _stamp_of(os.fstat(f.fileno())), f.read()
         except FileNotFoundError:
             raise self._missing() from None
 

@@ -216,7 +216,10 @@ impl Store {
     /// A writable shared mapping of at least the first `len` (> 0) bytes of a data file.
     fn write_mapping(&mut self, file: &str, len: usize) -> Result<&mut MmapMut> {
         if self.write_maps.get(file).is_none_or(|m| m.len() < len) {
-            let f = OpenOptions::new().read(true).write(true).open(self.dir.join(file))?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.dir.join(file))?;
             // SAFETY: as for `mapping`; the file is at least `len` long (the caller's view
             // checked it) and only this store, under the write lock, writes through it.
             let map = unsafe { MmapOptions::new().len(len).map_mut(&f)? };
