@@ -32,6 +32,31 @@ def medians(fns: dict, repeat: int, setup=None) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def compare(
+    op: str, baseline: str, base_fn, fns: dict, includes: str, repeat: int, setup=None
+) -> dict:
+    """One table row: the baseline and each of `fns` ({backend: fn}) timed round-robin."""
+    t = medians({"baseline": base_fn, **fns}, repeat, setup)
+    row = {
+        "operation": op,
+        "baseline": baseline,
+        "includes": includes,
+        "baseline median": fmt_time(t["baseline"]),
+    }
+    for b in fns:
+        row[f"{b} median"] = fmt_time(t[b])
+        row[f"{b} speed-up"] = f"{t['baseline'] / t[b]:.2f}x"
+    return row
+
+
+def columns(backends: list[str]) -> list[str]:
+    """The columns of a table with one median and one speed-up per backend."""
+    cols = ["operation", "baseline", "baseline median"]
+    for b in backends:
+        cols += [f"{b} median", f"{b} speed-up"]
+    return cols + ["includes"]
+
+
 def fmt_time(t: float) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if t >= scale:

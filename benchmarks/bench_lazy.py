@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import fmt_time, machine, medians, print_table  # noqa: E402
+from _common import columns, compare, machine, print_table  # noqa: E402
 from bench_store import BACKENDS, available_backends  # noqa: E402
 
 from numpack import NumPack  # noqa: E402
@@ -66,16 +66,10 @@ def run(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dict]:
     table = []
 
     def add(op, base_name, base_fn, npk_fn, includes, reps, setup=None):
-        reps = max(3, reps * repeat // 5)
-        row = {"operation": op, "baseline": base_name, "includes": includes}
-        fns = {"baseline": base_fn}
-        fns.update({b: (lambda b=b: npk_fn(b)) for b in backends})
-        t = medians(fns, reps, setup)
-        row["baseline median"] = fmt_time(t["baseline"])
-        for b in backends:
-            row[f"{b} median"] = fmt_time(t[b])
-            row[f"{b} speed-up"] = f"{t['baseline'] / t[b]:.2f}x"
-        table.append(row)
+        fns = {b: (lambda b=b: npk_fn(b)) for b in backends}
+        table.append(
+            compare(op, base_name, base_fn, fns, includes, max(3, reps * repeat // 5), setup)
+        )
 
     idx = {}
     for k in (100, 10_000, 1_000_000):
@@ -134,13 +128,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     backends = args.backends or available_backends()
     print(f"numpack lazy-read benchmark: {machine()}; numpy {np.__version__}; backends {backends}")
-    cols = ["operation", "baseline", "baseline median"]
-    for b in backends:
-        cols += [f"{b} median", f"{b} speed-up"]
-    cols.append("includes")
     table = run(args.rows, args.cols, args.repeat, backends)
     mb = args.rows * args.cols * 4 / 1e6
-    print_table(f"{args.rows:,} x {args.cols} float32 ({mb:,.0f} MB)", table, cols)
+    print_table(f"{args.rows:,} x {args.cols} float32 ({mb:,.0f} MB)", table, columns(backends))
 
 
 if __name__ == "__main__":

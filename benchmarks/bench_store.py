@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import fmt_time, machine, medians, print_table  # noqa: E402
+from _common import columns, compare, machine, print_table  # noqa: E402
 
 from numpack import NumPack  # noqa: E402
 
@@ -142,16 +142,10 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
     ]
     table = []
     for op, base_name, base_fn, npk_fn, includes, reps in ops:
-        reps = max(3, reps * repeat // 5)
-        row = {"operation": op, "baseline": base_name, "includes": includes}
-        fns = {"baseline": base_fn}
-        fns.update({b: (lambda npk=npk, f=npk_fn: f(npk)) for b, npk in stores.items()})
-        t = medians(fns, reps, draw)
-        row["baseline median"] = fmt_time(t["baseline"])
-        for b in stores:
-            row[f"{b} median"] = fmt_time(t[b])
-            row[f"{b} speed-up"] = f"{t['baseline'] / t[b]:.2f}x"
-        table.append(row)
+        fns = {b: (lambda npk=npk, f=npk_fn: f(npk)) for b, npk in stores.items()}
+        table.append(
+            compare(op, base_name, base_fn, fns, includes, max(3, reps * repeat // 5), draw)
+        )
         # The baseline's file and the stores grow or shrink; start each op from the same array.
         np.save(npy, arr)
         memmap = np.load(npy, mmap_mode="r")
@@ -172,14 +166,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     backends = args.backends or available_backends()
     print(f"numpack store benchmark: {machine()}; numpy {np.__version__}; backends {backends}")
-    cols = ["operation", "baseline", "baseline median"]
-    for b in backends:
-        cols += [f"{b} median", f"{b} speed-up"]
-    cols.append("includes")
     for c in args.cols:
         table = workload(args.rows, c, args.repeat, backends)
         mb = args.rows * c * 4 / 1e6
-        print_table(f"{args.rows:,} x {c} float32 ({mb:,.0f} MB)", table, cols)
+        print_table(f"{args.rows:,} x {c} float32 ({mb:,.0f} MB)", table, columns(backends))
 
 
 if __name__ == "__main__":
