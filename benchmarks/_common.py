@@ -11,17 +11,21 @@ import time
 def medians(fns: dict, repeat: int, setup=None) -> dict:
     """Median wall time of each `fns[name]()` over `repeat` rounds.
 
-    The functions run round-robin, one call each per round, so drift in a shared machine's
-    speed hits all of them alike; `setup()` runs untimed before each call (the same inputs for
+    The functions run round-robin, one call each per round and in a rotating order, so drift
+    in a shared machine's speed hits all of them alike; `setup()` runs untimed before each call (the same inputs for
     every function of a round when it only changes between rounds). The garbage collector is
     paused while timing.
     """
     times = {name: [] for name in fns}
+    names = list(fns)
     gc.collect()
     gc.disable()
     try:
-        for _ in range(repeat):
-            for name, fn in fns.items():
+        for r in range(repeat):
+            # Rotate who goes first: one call's after-effects (writeback it started, caches it
+            # evicted) then land on each function alike.
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                fn = fns[name]
                 if setup is not None:
                     setup()
                 t0 = time.perf_counter()

@@ -182,8 +182,9 @@ def check_dtype(dt: np.dtype) -> None:
         raise DTypeError(f"dtype {dt} has no size (give strings and void a length)")
 
 
-def header_descr(dt: np.dtype):
-    """The header's `descr`: numpy's, plus ALIGN_MARK closing every aligned struct."""
+def header_descr(dt: np.dtype, marks: bool = True):
+    """The header's `descr`: numpy's, plus (with `marks`) ALIGN_MARK closing every aligned
+    struct."""
     if dt.names is None:
         return np.lib.format.dtype_to_descr(dt)
     out = []
@@ -195,10 +196,10 @@ def header_descr(dt: np.dtype):
         field = dt.fields[name[1] if isinstance(name, tuple) else name][0]
         base = field.subdtype[0] if field.subdtype is not None else field
         if base.names is not None:
-            out.append((name, header_descr(base), *entry[2:]))
+            out.append((name, header_descr(base, marks), *entry[2:]))
         else:
             out.append(entry)
-    if dt.isalignedstruct:
+    if marks and dt.isalignedstruct:
         out.append(ALIGN_MARK)
     return out
 
@@ -254,31 +255,46 @@ def header_bytes(
 ) -> bytes:
     """The .npy header for `capacity` rows.
 
-    New files (`length` None) are padded as numpy pads them, so their header is byte for byte
-    the one the npyt package writes. A resize passes the file's `length` and `version`: the
-    header is rewritten to exactly that length, which never moves the data.
+    A new file's header (`length` None) is as long as the one the npyt package writes for the
+    same array, so that npyt can resize our files in place too: numpy's text (without align
+    marks), numpy's spare room, numpy's padding to 64 bytes. The align marks go in when they
+    fit in that room. A resize passes the file's `length` and `version` and gets a header of
+    exactly that length, so the data never moves.
     """
-    text = (
-        "{'descr': " + repr(header_descr(dt)) + ", 'fortran_order': False, 'shape': "
-        + _shape_text(capacity, row_shape) + ", }"
-    )  # fmt: skip
-    if length is None:
-        text += " " * (SHAPE_WIDTH - len(str(capacity)))  # numpy's spare room
-    try:
-        raw = text.encode("latin1")
-        if not version:
-            version = 1 if len(raw) + 80 < 65536 else 2
-    except UnicodeEncodeError:
-        raw, version = text.encode("utf8"), 3
+
+    def text(marks: bool) -> str:
+        return (
+            "{'descr': " + repr(header_descr(dt, marks)) + ", 'fortran_order': False, 'shape': "
+            + _shape_text(capacity, row_shape) + ", }"
+        )  # fmt: skip
+
+    def encode(s: str) -> tuple[bytes, int]:
+        try:
+            raw = s.encode("latin1")
+            return raw, (version or (1 if len(raw) + 128 < 65536 else 2))
+        except UnicodeEncodeError:
+            return s.encode("utf8"), 3
+
+    plain, version = encode(text(False))
     prefix = 10 if version == 1 else 12
     if length is None:
-        pad = 64 - (prefix + len(raw) + 1) % 64  # numpy's rule: 1 to 64 spaces
-        length = prefix + len(raw) + pad + 1
-    pad = length - prefix - len(raw) - 1
-    if pad < 0:
+        spare = SHAPE_WIDTH - len(str(capacity))  # numpy's room for a longer shape
+        pad = 64 - (prefix + len(plain) + spare + 1) % 64  # numpy's rule: 1 to 64 spaces
+        length = prefix + len(plain) + spare + pad + 1
+    raw = encode(text(True))[0]
+    if prefix + len(raw) + 1 > length:
+        raw = plain
+    if prefix + len(raw) + 1 > length:
         raise CorruptStoreError("the .npy header has no room for the new shape")
     size = struct.pack("<H" if version == 1 else "<I", length - prefix)
-    return _NPY_MAGIC + bytes((version, 0)) + size + raw + b" " * pad + b"\n"
+    return (
+        _NPY_MAGIC
+        + bytes((version, 0))
+        + size
+        + raw
+        + b" " * (length - prefix - len(raw) - 1)
+        + b"\n"
+    )
 
 
 class Header:
