@@ -12,9 +12,8 @@ def medians(fns: dict, repeat: int, setup=None) -> dict:
     """Median wall time of each `fns[name]()` over `repeat` rounds.
 
     The functions run round-robin, one call each per round and in a rotating order, so drift
-    in a shared machine's speed hits all of them alike; `setup()` runs untimed before each call (the same inputs for
-    every function of a round when it only changes between rounds). The garbage collector is
-    paused while timing.
+    in a shared machine's speed hits all of them alike. `setup()` runs untimed before each
+    call. The garbage collector is paused while timing.
     """
     times = {name: [] for name in fns}
     names = list(fns)
