@@ -105,9 +105,9 @@ class NumPack:
     def path(self) -> str:
         return self._path
 
-    def _row_count(self, name: str) -> tuple[np.dtype, tuple]:
-        dtype, shape, _ = self._s.info(_check_name(name))
-        return dtype, shape
+    def _shape(self, name: str) -> tuple:
+        """The logical shape of an array."""
+        return tuple(self._s.info(_check_name(name))[1])
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class NumPack:
             return
         if not isinstance(name, str):
             raise InvalidTypeError("drop(name, indexes) deletes rows of a single array")
-        _, shape = self._row_count(name)
+        shape = self._shape(name)
         sel, _ = _indexing.rows(indexes, shape[0], name)
         if isinstance(sel, slice):
             sel = np.arange(sel.start, sel.stop, dtype=np.int64)
@@ -207,7 +207,7 @@ class NumPack:
         """The shape of one array, or {name: shape} of all."""
         if name is None:
             return {e[0]: tuple(e[2]) for e in self._s.entries()}
-        return tuple(self._row_count(name)[1])
+        return self._shape(name)
 
     @_os_errors
     def get_member_list(self) -> list:
