@@ -14,6 +14,8 @@ from ._errors import (
     StoreLockedError,
 )
 from ._lazy import LazyArray
+from ._npy8 import NPY8
+from ._npyt import NPYT
 from ._store import NumPack, StreamLoader
 
 __version__ = "0.1.0"
@@ -25,6 +27,8 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidTypeError",
     "LazyArray",
+    "NPY8",
+    "NPYT",
     "NumPack",
     "NumPackError",
     "RowIndexError",
