@@ -9,9 +9,16 @@ shape, row count) and raises the classes of `numpack._errors`.
     close()
     names() -> list[str]                               arrays in creation order
     info(name) -> (dtype: str, shape: tuple, modified_us: int)      logical shape
-    entries() -> list[(name, dtype, shape, dropped, modified_us, file, nbytes_on_disk)]
-    save(items)          items: list of (name, dtype, shape, data); one commit
-    append(items)        same; creates missing arrays; one commit
+    entries() -> list[(name, dtype, shape, dropped, modified_us, file, bytes_on_disk,
+                       compression)]
+                         compression: None for raw arrays, else a dict: codec, level,
+                         block_rows, blocks, filters ({filter name: block count}; names
+                         "raw", "none", "shuffle", "delta+shuffle"), raw_bytes, stored_bytes
+    save(items, level, block_rows)
+                         items: list of (name, dtype, shape, data); one commit; level None:
+                         raw arrays, else zstd level (FORMAT.md 7); block_rows None: default
+    append(items)        same items; creates missing arrays (raw); appends to compressed
+                         arrays compressed; one commit
     replace(items)       items: list of (name, rows, data); one commit
     drop_arrays(names)
     drop_rows(name, rows)
@@ -23,7 +30,7 @@ shape, row count) and raises the classes of `numpack._errors`.
     View.read(start, stop, out)    logical rows [start, stop) into `out` (uint8, exact size)
     View.gather(rows, out)         logical rows into `out`, in the order given
     View.buffer()                  read-only buffer over the rows, zero-copy; None if the
-                                   array has dropped rows or no rows
+                                   array is compressed, has dropped rows or no rows
 """
 
 from __future__ import annotations

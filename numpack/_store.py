@@ -58,6 +58,23 @@ def _names(name) -> list[str]:
     return [_check_name(n) for n in names]
 
 
+def _compression(compress, level, block_rows) -> int | None:
+    """The zstd level to save with, or None for raw arrays; checks the keywords."""
+    for key, value in (("compression_level", level), ("block_rows", block_rows)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidTypeError(f"{key} must be an int, got {value!r}")
+    if not compress:
+        if level is not None or block_rows is not None:
+            raise InvalidArgumentError("compression_level and block_rows need compress=True")
+        return None
+    if block_rows is not None and block_rows < 1:
+        raise InvalidArgumentError(f"block_rows must be at least 1, got {block_rows}")
+    level = 3 if level is None else level
+    if not -7 <= level <= 22:
+        raise InvalidArgumentError(f"compression_level must be in -7..22 (zstd), got {level}")
+    return level
+
+
 def _check_arrays(arrays, method: str) -> Mapping:
     if not isinstance(arrays, Mapping):
         raise InvalidTypeError(f"{method}() takes a dict of {{name: array}}")
@@ -112,13 +129,25 @@ class NumPack:
     # -- writes -----------------------------------------------------------------------------
 
     @_os_errors
-    def save(self, arrays: Mapping) -> None:
-        """Create or overwrite whole arrays, all in one atomic step."""
+    def save(
+        self,
+        arrays: Mapping,
+        compress: bool = False,
+        compression_level: int | None = None,
+        block_rows: int | None = None,
+    ) -> None:
+        """Create or overwrite whole arrays, all in one atomic step.
+
+        With `compress=True` each array is stored as independently zstd-compressed blocks of
+        `block_rows` rows (default: about 1 MiB of raw data a block) at `compression_level`
+        (default 3), which reads, gathers and writes still reach block by block.
+        """
+        level = _compression(compress, compression_level, block_rows)
         items = []
         for name, arr in _check_arrays(arrays, "save").items():
             a = _dtypes.to_disk(arr, name)
             items.append((name, a.dtype.str, a.shape, as_bytes(a)))
-        self._s.save(items)
+        self._s.save(items, level, block_rows)
 
     @_os_errors
     def append(self, arrays: Mapping) -> None:
@@ -222,7 +251,7 @@ class NumPack:
     def get_metadata(self) -> dict:
         """A plain dict describing the store and each array."""
         arrays = {}
-        for name, dtype, shape, dropped, modified, file, disk in self._s.entries():
+        for name, dtype, shape, dropped, modified, file, disk, comp in self._s.entries():
             dt = _dtypes.native(dtype)
             arrays[name] = {
                 "dtype": str(dt),
@@ -232,7 +261,7 @@ class NumPack:
                 "bytes_on_disk": disk,
                 "modified_us": modified,
                 "file": file,
-                "compression": None,
+                "compression": comp,
             }
         return {"path": self._path, "backend": self.backend, "format_version": 1, "arrays": arrays}
 
