@@ -8,10 +8,11 @@ use std::time::Duration;
 use numpy::{PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, import_exception};
 
-use crate::core::{self, Error, Item, Replacement};
+use crate::core::format::Compressed;
+use crate::core::{self, compress, Error, Item, Replacement};
 
 import_exception!(numpack._errors, ArrayNotFoundError);
 import_exception!(numpack._errors, RowIndexError);
@@ -38,6 +39,33 @@ fn to_py(e: Error) -> PyErr {
 fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<T>, what: &str) -> PyResult<&'a [T]> {
     a.as_slice()
         .map_err(|_| InvalidArgumentError::new_err(format!("{what} must be C-contiguous")))
+}
+
+/// What `get_metadata` reports of a compressed array (see `numpack._backend`).
+fn compression_info(
+    py: Python<'_>,
+    e: &core::format::Entry,
+    c: &Compressed,
+) -> PyResult<Py<PyAny>> {
+    let filters = PyDict::new(py);
+    for b in &c.blocks {
+        let name = if b.codec == compress::STORED_RAW {
+            "raw"
+        } else {
+            compress::FILTER_NAMES[b.filter as usize]
+        };
+        let n: u64 = filters.get_item(name)?.map_or(Ok(0), |v| v.extract())?;
+        filters.set_item(name, n + 1)?;
+    }
+    let d = PyDict::new(py);
+    d.set_item("codec", compress::CODEC)?;
+    d.set_item("level", c.level)?;
+    d.set_item("block_rows", c.block_rows)?;
+    d.set_item("blocks", c.blocks.len())?;
+    d.set_item("filters", filters)?;
+    d.set_item("raw_bytes", e.physical_bytes())?;
+    d.set_item("stored_bytes", c.stored_bytes())?;
+    Ok(d.into_any().unbind())
 }
 
 /// A NumPack store directory (the rust backend of `numpack.NumPack`).
@@ -114,13 +142,33 @@ impl Store {
     fn entries<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<Vec<(String, String, Bound<'py, PyTuple>, u64, i64, String, u64)>> {
+    ) -> PyResult<
+        Vec<(
+            String,
+            String,
+            Bound<'py, PyTuple>,
+            u64,
+            i64,
+            String,
+            u64,
+            Py<PyAny>,
+        )>,
+    > {
         let entries = self.with(py, |s| s.entries())?;
         entries
             .into_iter()
             .map(|e| {
                 let shape = PyTuple::new(py, e.logical_shape())?;
-                let disk = e.physical_bytes();
+                let (disk, compression) = match e.compressed() {
+                    Ok(None) => (e.physical_bytes(), py.None()),
+                    Ok(Some(c)) => (c.stored_bytes(), compression_info(py, &e, &c)?),
+                    Err(err) => {
+                        let d = PyDict::new(py);
+                        d.set_item("codec", py.None())?;
+                        d.set_item("error", err.to_string())?;
+                        (0, d.into_any().unbind())
+                    }
+                };
                 Ok((
                     e.name.clone(),
                     e.dtype.clone(),
@@ -129,14 +177,22 @@ impl Store {
                     e.modified_us,
                     e.file,
                     disk,
+                    compression,
                 ))
             })
             .collect()
     }
 
-    fn save(&self, py: Python<'_>, items: ItemArgs) -> PyResult<()> {
+    #[pyo3(signature = (items, level=None, block_rows=None))]
+    fn save(
+        &self,
+        py: Python<'_>,
+        items: ItemArgs,
+        level: Option<i32>,
+        block_rows: Option<u64>,
+    ) -> PyResult<()> {
         let items = self::items(&items)?;
-        self.with(py, |s| s.save(&items))
+        self.with(py, |s| s.save(&items, level, block_rows))
     }
 
     fn append(&self, py: Python<'_>, items: ItemArgs) -> PyResult<()> {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::compress::{self, Layout, Record};
 use super::error::{Error, Result};
 use super::naming;
 
@@ -49,8 +50,29 @@ pub struct Entry {
     /// Physical indexes of dropped rows, ascending, as little-endian u64.
     pub deleted: ByteBuf,
     pub modified_us: i64,
-    /// Reserved for compressed arrays; kept as found so a rewrite does not lose it.
+    /// `nil`, or the map of a compressed array (FORMAT.md 7). Kept as a value, so a map this
+    /// version cannot read fails only that array, and a rewrite does not lose it.
     pub compression: rmpv::Value,
+}
+
+/// The block index of a compressed array.
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    pub level: i32,
+    pub block_rows: u64,
+    pub blocks: Vec<Record>,
+}
+
+impl Compressed {
+    /// Physical rows of block `k`, given the array's physical row count.
+    pub fn rows_of(&self, k: usize, rows: u64) -> std::ops::Range<u64> {
+        let start = k as u64 * self.block_rows;
+        start..(start + self.block_rows).min(rows)
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.blocks.iter().map(|b| b.size).sum()
+    }
 }
 
 impl Metadata {
@@ -135,12 +157,6 @@ impl Metadata {
                 }
                 prev = Some(d);
             }
-            if !e.compression.is_nil() {
-                return bad(format!(
-                    "array {:?} is compressed, which this numpack cannot read",
-                    e.name
-                ));
-            }
         }
         Ok(())
     }
@@ -192,6 +208,72 @@ impl Entry {
                 .flat_map(|r| r.to_le_bytes())
                 .collect::<Vec<_>>(),
         );
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.dtype, self.itemsize(), self.row_bytes())
+    }
+
+    /// The block index of a compressed array, None for a raw one.
+    pub fn compressed(&self) -> Result<Option<Compressed>> {
+        let map = match &self.compression {
+            rmpv::Value::Nil => return Ok(None),
+            rmpv::Value::Map(m) => m,
+            _ => return Err(self.bad_compression("is not a map")),
+        };
+        let get = |key: &str| {
+            map.iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v)
+        };
+        match get("codec").and_then(|v| v.as_str()) {
+            Some(compress::CODEC) => {}
+            Some(other) => return Err(self.bad_compression(&format!("uses codec {other:?}"))),
+            None => return Err(self.bad_compression("names no codec")),
+        }
+        let level = get("level").and_then(|v| v.as_i64());
+        let block_rows = get("block_rows")
+            .and_then(|v| v.as_u64())
+            .filter(|&b| b > 0);
+        let blocks = get("blocks")
+            .and_then(|v| v.as_slice())
+            .and_then(compress::unpack);
+        let (Some(level), Some(block_rows), Some(blocks)) = (level, block_rows, blocks) else {
+            return Err(self.bad_compression("has a malformed block index"));
+        };
+        if blocks.len() as u64 != self.shape[0].div_ceil(block_rows) {
+            return Err(self.bad_compression("has the wrong number of blocks"));
+        }
+        Ok(Some(Compressed {
+            level: level as i32,
+            block_rows,
+            blocks,
+        }))
+    }
+
+    fn bad_compression(&self, why: &str) -> Error {
+        Error::Corrupt(format!("array {:?}: its compression {why}", self.name))
+    }
+
+    pub fn set_compressed(&mut self, c: &Compressed) {
+        use rmpv::Value;
+        self.compression = Value::Map(vec![
+            (Value::from("codec"), Value::from(compress::CODEC)),
+            (Value::from("level"), Value::from(c.level)),
+            (Value::from("block_rows"), Value::from(c.block_rows)),
+            (
+                Value::from("blocks"),
+                Value::Binary(compress::pack(&c.blocks)),
+            ),
+        ]);
+    }
+
+    /// How long the data file must be.
+    pub fn file_bytes(&self) -> Result<u64> {
+        Ok(match self.compressed()? {
+            None => self.physical_bytes(),
+            Some(c) => c.blocks.iter().map(Record::end).max().unwrap_or(0),
+        })
     }
 
     pub fn dropped(&self) -> u64 {

@@ -1,5 +1,7 @@
 //! The numpack core: the store format and every operation on it, with no Python in it.
 
+pub mod blocks;
+pub mod compress;
 pub mod error;
 pub mod format;
 pub mod gather;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -10,9 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
+use rayon::prelude::*;
 
+use super::blocks;
+use super::compress::{self, Layout};
 use super::error::{Error, Result};
-use super::format::{itemsize, Entry, Metadata};
+use super::format::{itemsize, Compressed, Entry, Metadata};
 use super::gather;
 use super::journal::{self, Section};
 use super::lock::WriteLock;
@@ -152,8 +155,9 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("no array named {name:?} in {}", self.what())))
     }
 
-    /// Creates a data file holding `data`; a leftover of an interrupted call is replaced.
-    fn create_file(&self, file: &str, data: &[u8]) -> Result<()> {
+    /// Creates a data file and lets `fill` write it; a leftover of an interrupted call of
+    /// the same name is replaced.
+    fn create_with<T>(&self, file: &str, fill: impl FnOnce(&mut File) -> Result<T>) -> Result<T> {
         let path = self.dir.join(file);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -163,11 +167,34 @@ impl Store {
             .write(true)
             .create_new(true)
             .open(&path)
-            .and_then(|mut f| f.write_all(data));
-        if let Err(e) = result {
+            .map_err(Error::from)
+            .and_then(|mut f| fill(&mut f));
+        if result.is_err() {
             let _ = fs::remove_file(&path);
-            return Err(e.into());
         }
+        result
+    }
+
+    /// Creates the data file of a new entry from its rows, compressed when `level` is given.
+    fn create_array(
+        &self,
+        entry: &mut Entry,
+        data: &[u8],
+        level: Option<i32>,
+        block_rows: Option<u64>,
+    ) -> Result<()> {
+        let Some(level) = level else {
+            return self.create_with(&entry.file, |f| Ok(f.write_all(data)?));
+        };
+        let layout = entry.layout();
+        let block_rows = block_rows.unwrap_or_else(|| layout.default_block_rows());
+        let encoded = blocks::encode_rows(data, entry.shape[0], layout, level, block_rows)?;
+        let records = self.create_with(&entry.file, |f| blocks::write(f, 0, encoded))?;
+        entry.set_compressed(&Compressed {
+            level,
+            block_rows,
+            blocks: records,
+        });
         Ok(())
     }
 
@@ -182,7 +209,7 @@ impl Store {
 
     /// A read-only mapping of at least the first `len` bytes of a data file.
     fn mapping(&mut self, e: &Entry) -> Result<Option<Arc<Mmap>>> {
-        let len = e.physical_bytes() as usize;
+        let len = e.file_bytes()? as usize;
         if len == 0 {
             return Ok(None);
         }
@@ -250,31 +277,42 @@ impl Store {
     pub fn view(&mut self, name: &str) -> Result<View> {
         self.refresh()?;
         let e = self.entry(name)?.clone();
+        let index = e.compressed()?.map(Arc::new);
         let map = self.mapping(&e)?;
         Ok(View {
             name: e.name.clone(),
             dtype: e.dtype.clone(),
             shape: e.logical_shape(),
+            physical_rows: e.shape[0],
             dropped: e.dropped(),
             row: e.row_bytes(),
-            len: e.physical_bytes() as usize,
+            layout: e.layout(),
+            len: e.file_bytes()? as usize,
             rows: RowMap::new(e.deleted_rows()),
+            index,
             map,
+            what: format!("{} (array {:?})", self.dir.join(&e.file).display(), e.name),
         })
     }
 
     // -- writes ---------------------------------------------------------------------------
 
-    pub fn save(&mut self, items: &[Item]) -> Result<()> {
+    /// Saves whole arrays: raw, or compressed at zstd `level` in blocks of `block_rows`.
+    pub fn save(
+        &mut self,
+        items: &[Item],
+        level: Option<i32>,
+        block_rows: Option<u64>,
+    ) -> Result<()> {
         self.write(|s| {
             let mut meta = s.meta.clone();
             let mut created = Vec::new();
             let mut retired = Vec::new();
             let result = (|| {
                 for item in items {
-                    let entry = s.new_entry(&mut meta, item)?;
-                    s.create_file(&entry.file, item.data)?;
+                    let mut entry = s.new_entry(&mut meta, item)?;
                     created.push(entry.file.clone());
+                    s.create_array(&mut entry, item.data, level, block_rows)?;
                     match meta.position(item.name) {
                         Some(p) => retired.push(std::mem::replace(&mut meta.arrays[p], entry).file),
                         None => meta.arrays.push(entry),
@@ -316,9 +354,9 @@ impl Store {
             let result = (|| {
                 for item in items {
                     let Some(p) = meta.position(item.name) else {
-                        let entry = s.new_entry(&mut meta, item)?;
-                        s.create_file(&entry.file, item.data)?;
+                        let mut entry = s.new_entry(&mut meta, item)?;
                         created.push(entry.file.clone());
+                        s.create_array(&mut entry, item.data, None, None)?;
                         meta.arrays.push(entry);
                         continue;
                     };
@@ -338,6 +376,15 @@ impl Store {
                         )));
                     }
                     check_len(item, e.itemsize())?;
+                    if let Some(index) = e.compressed()? {
+                        let view = s.view(item.name)?;
+                        let (index, rows) =
+                            view.append_blocks(&s.dir.join(&e.file), index, item)?;
+                        e.set_compressed(&index);
+                        e.shape[0] = rows;
+                        e.modified_us = now_us();
+                        continue;
+                    }
                     let file = OpenOptions::new().write(true).open(s.dir.join(&e.file))?;
                     let end = e.physical_bytes();
                     if file.metadata()?.len() < end {
@@ -378,6 +425,14 @@ impl Store {
                     )));
                 }
                 let physical = view.physical(item.rows);
+                if view.index.is_some() {
+                    // New block versions go after the old ones; the commit switches to them.
+                    let file = s.dir.join(&meta.arrays[p].file);
+                    let index = view.replace_blocks(&file, &physical, item.data)?;
+                    meta.arrays[p].set_compressed(&index);
+                    meta.arrays[p].modified_us = now_us();
+                    continue;
+                }
                 let mut old = vec![0u8; item.data.len()];
                 gather::rows(view.src(), view.row, &physical, &mut old);
                 plans.push((
@@ -398,6 +453,9 @@ impl Store {
                     old,
                 })
                 .collect();
+            if sections.is_empty() {
+                return s.commit(meta);
+            }
             journal::write(&s.dir, &sections)?;
             let written = (|| {
                 for (p, file, row, physical, _, data) in &plans {
@@ -467,7 +525,7 @@ impl Store {
             let result = (|| {
                 for p in 0..meta.arrays.len() {
                     let e = &meta.arrays[p];
-                    if e.dropped() == 0 || names.is_some_and(|n| !n.contains(&e.name.as_str())) {
+                    if names.is_some_and(|n| !n.contains(&e.name.as_str())) || !s.wasteful(e)? {
                         continue;
                     }
                     let view = s.view(&e.name)?;
@@ -476,25 +534,29 @@ impl Store {
                         &e.dtype,
                         e.logical_shape(),
                         meta.next_file_id,
-                        now_us(),
+                        e.modified_us,
                     );
                     meta.next_file_id += 1;
-                    fresh.modified_us = e.modified_us;
-                    let path = s.dir.join(&fresh.file);
-                    let _ = fs::remove_file(&path);
                     created.push(fresh.file.clone());
-                    let mut out = std::io::BufWriter::with_capacity(
-                        1 << 22,
-                        OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&path)?,
-                    );
-                    for (_, first, n) in view.rows.runs(0, view.shape[0]) {
-                        let (a, b) = (first as usize * view.row, (first + n) as usize * view.row);
-                        out.write_all(&view.src()[a..b])?;
+                    match e.compressed()? {
+                        Some(index) => {
+                            let records =
+                                s.create_with(&fresh.file, |f| view.recompress(f, &index))?;
+                            fresh.set_compressed(&Compressed {
+                                blocks: records,
+                                ..index
+                            });
+                        }
+                        None => s.create_with(&fresh.file, |f| {
+                            let mut out = std::io::BufWriter::with_capacity(1 << 22, f);
+                            for (_, first, n) in view.rows.runs(0, view.shape[0]) {
+                                let (a, b) =
+                                    (first as usize * view.row, (first + n) as usize * view.row);
+                                out.write_all(&view.src()[a..b])?;
+                            }
+                            Ok(out.flush()?)
+                        })?,
                     }
-                    out.flush()?;
                     retired.push(std::mem::replace(&mut meta.arrays[p], fresh).file);
                 }
                 s.commit(meta)
@@ -508,6 +570,17 @@ impl Store {
                 s.sweep()?;
             }
             Ok(())
+        })
+    }
+
+    /// Whether compaction would reclaim space: dropped rows, or superseded compressed blocks.
+    fn wasteful(&self, e: &Entry) -> Result<bool> {
+        if e.dropped() > 0 {
+            return Ok(true);
+        }
+        Ok(match e.compressed()? {
+            Some(index) => fs::metadata(self.dir.join(&e.file))?.len() > index.stored_bytes(),
+            None => false,
         })
     }
 
@@ -559,6 +632,14 @@ fn write_rows(map: &mut [u8], row: usize, physical: &[u64], data: &[u8]) {
     }
 }
 
+/// Writes blocks at the end of an existing data file; bytes there past every record are dead
+/// (an interrupted call's) and may be overwritten.
+fn append_to(path: &Path, encoded: Vec<compress::Encoded>) -> Result<Vec<compress::Record>> {
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    let at = file.seek(std::io::SeekFrom::End(0))?;
+    blocks::write(&mut file, at, encoded)
+}
+
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -572,15 +653,120 @@ pub struct View {
     /// Logical shape.
     pub shape: Vec<u64>,
     pub dropped: u64,
+    physical_rows: u64,
     row: usize,
+    layout: Layout,
     len: usize,
     rows: RowMap,
+    /// The block index of a compressed array.
+    index: Option<Arc<Compressed>>,
     map: Option<Arc<Mmap>>,
+    /// Names the data file in error messages.
+    what: String,
 }
 
 impl View {
     fn src(&self) -> &[u8] {
         self.map.as_deref().map_or(&[], |m| &m[..self.len])
+    }
+
+    fn reader<'a>(&'a self, index: &'a Compressed) -> blocks::Reader<'a> {
+        blocks::Reader {
+            src: self.src(),
+            index,
+            layout: self.layout,
+            rows: self.physical_rows,
+            what: &self.what,
+        }
+    }
+
+    /// Appends `item`'s rows to a compressed array: re-encodes its last block if partial and
+    /// writes the new blocks at the end of the file. Returns the new index and row count.
+    fn append_blocks(
+        &self,
+        path: &Path,
+        index: Compressed,
+        item: &Item,
+    ) -> Result<(Compressed, u64)> {
+        let rows = self.physical_rows + item.shape[0];
+        if item.shape[0] == 0 {
+            return Ok((index, rows));
+        }
+        let full = (self.physical_rows / index.block_rows) as usize;
+        let mut raw = Vec::new();
+        if full < index.blocks.len() {
+            raw = self.reader(&index).block(full)?;
+        }
+        raw.extend_from_slice(item.data);
+        let tail_rows = rows - full as u64 * index.block_rows;
+        let encoded =
+            blocks::encode_rows(&raw, tail_rows, self.layout, index.level, index.block_rows)?;
+        let records = append_to(path, encoded)?;
+        let mut blocks = index.blocks[..full].to_vec();
+        blocks.extend(records);
+        Ok((Compressed { blocks, ..index }, rows))
+    }
+
+    /// Writes `data` into physical rows of a compressed array by appending new versions of the
+    /// blocks they touch. Returns the new index.
+    fn replace_blocks(&self, path: &Path, physical: &[u64], data: &[u8]) -> Result<Compressed> {
+        let index = self.index.as_deref().expect("a compressed array").clone();
+        let br = index.block_rows;
+        let mut touched: Vec<usize> = physical.iter().map(|&p| (p / br) as usize).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let reader = self.reader(&index);
+        let mut raws: Vec<Vec<u8>> = touched
+            .par_iter()
+            .map(|&k| reader.block(k))
+            .collect::<Result<_>>()?;
+        let row = self.row;
+        for (i, &p) in physical.iter().enumerate() {
+            let k = (p / br) as usize;
+            let slot = touched.binary_search(&k).expect("touched");
+            let at = (p - k as u64 * br) as usize * row;
+            raws[slot][at..at + row].copy_from_slice(&data[i * row..(i + 1) * row]);
+        }
+        let encoded: Vec<_> = raws
+            .par_iter()
+            .zip(&touched)
+            .map(|(raw, &k)| {
+                let range = index.rows_of(k, self.physical_rows);
+                blocks::encode_rows(raw, range.end - range.start, self.layout, index.level, br)
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let records = append_to(path, encoded)?;
+        let mut blocks = index.blocks.clone();
+        for (&k, r) in touched.iter().zip(records) {
+            blocks[k] = r;
+        }
+        Ok(Compressed { blocks, ..index })
+    }
+
+    /// Writes this array's live rows as fresh blocks into `file`, a chunk of blocks at a time.
+    fn recompress(&self, file: &mut File, index: &Compressed) -> Result<Vec<compress::Record>> {
+        let chunk_rows = index.block_rows * 64;
+        let mut records = Vec::new();
+        let mut start = 0;
+        while start < self.shape[0] {
+            let stop = (start + chunk_rows).min(self.shape[0]);
+            let mut raw = vec![0u8; (stop - start) as usize * self.row];
+            self.read(start, stop, &mut raw)?;
+            let encoded = blocks::encode_rows(
+                &raw,
+                stop - start,
+                self.layout,
+                index.level,
+                index.block_rows,
+            )?;
+            let at = records.last().map_or(0, compress::Record::end);
+            records.extend(blocks::write(file, at, encoded)?);
+            start = stop;
+        }
+        Ok(records)
     }
 
     fn check_rows(&self, rows: &[i64]) -> Result<()> {
@@ -620,6 +806,15 @@ impl View {
             )));
         }
         self.check_out(stop - start, out)?;
+        if let Some(index) = &self.index {
+            let runs: Vec<(u64, u64)> = self
+                .rows
+                .runs(start, stop)
+                .into_iter()
+                .map(|(_, p, n)| (p, n))
+                .collect();
+            return self.reader(index).read_runs(&runs, out);
+        }
         let row = self.row;
         for (logical, first, n) in self.rows.runs(start, stop) {
             let at = (logical - start) as usize * row;
@@ -633,6 +828,9 @@ impl View {
     pub fn gather(&self, rows: &[i64], out: &mut [u8]) -> Result<()> {
         self.check_rows(rows)?;
         self.check_out(rows.len() as u64, out)?;
+        if let Some(index) = &self.index {
+            return self.reader(index).gather(&self.physical(rows), out);
+        }
         if self.rows.is_identity() {
             // SAFETY: i64 and u64 share size and alignment, and check_rows proved every value
             // non-negative, so each reads back as the same number.
@@ -647,6 +845,6 @@ impl View {
 
     /// All rows, zero-copy, when none are dropped and there are some.
     pub fn bytes(&self) -> Option<&[u8]> {
-        (self.rows.is_identity() && self.len > 0).then(|| self.src())
+        (self.index.is_none() && self.rows.is_identity() && self.len > 0).then(|| self.src())
     }
 }

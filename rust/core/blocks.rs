@@ -1,0 +1,133 @@
+//! Rows of compressed arrays: encoding rows into blocks in parallel, and reading rows back
+//! by decoding only the blocks they sit in.
+
+use std::fs::File;
+use std::io::Write;
+
+use rayon::prelude::*;
+
+use super::compress::{self, Encoded, Layout, Record};
+use super::error::Result;
+use super::format::Compressed;
+
+/// Encodes `rows` rows held in `raw` into blocks of `block_rows` rows, in parallel.
+pub fn encode_rows(
+    raw: &[u8],
+    rows: u64,
+    layout: Layout,
+    level: i32,
+    block_rows: u64,
+) -> Result<Vec<Encoded>> {
+    if layout.row_bytes == 0 {
+        // Rows of zero bytes still fill blocks, each of them empty.
+        let n = rows.div_ceil(block_rows);
+        return (0..n)
+            .map(|_| compress::encode(&[], layout, level))
+            .collect();
+    }
+    raw.par_chunks(block_rows as usize * layout.row_bytes)
+        .map(|block| compress::encode(block, layout, level))
+        .collect()
+}
+
+/// Writes encoded blocks one after another from byte `at` of `file` (already positioned
+/// there) and returns their records.
+pub fn write(file: &mut File, at: u64, blocks: Vec<Encoded>) -> Result<Vec<Record>> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 22, file);
+    let mut offset = at;
+    let mut records = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        out.write_all(&b.bytes)?;
+        records.push(Record { offset, ..b.record });
+        offset += b.record.size;
+    }
+    out.flush()?;
+    Ok(records)
+}
+
+/// Reads rows of one compressed array out of its mapped data file.
+pub struct Reader<'a> {
+    pub src: &'a [u8],
+    pub index: &'a Compressed,
+    pub layout: Layout,
+    /// Physical rows of the array.
+    pub rows: u64,
+    pub what: &'a str,
+}
+
+impl Reader<'_> {
+    /// The raw bytes of block `k`.
+    pub fn block(&self, k: usize) -> Result<Vec<u8>> {
+        let rec = &self.index.blocks[k];
+        let range = self.index.rows_of(k, self.rows);
+        let raw_len = (range.end - range.start) as usize * self.layout.row_bytes;
+        let stored = &self.src[rec.offset as usize..rec.end() as usize];
+        compress::decode(stored, rec, self.layout, raw_len, self.what)
+    }
+
+    /// Copies physical rows `rows` (any order) into `out`, decoding each block once.
+    pub fn gather(&self, rows: &[u64], out: &mut [u8]) -> Result<()> {
+        let (row, br) = (self.layout.row_bytes, self.index.block_rows);
+        if row == 0 || rows.is_empty() {
+            return Ok(());
+        }
+        let mut needed: Vec<usize> = rows.iter().map(|&p| (p / br) as usize).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let decoded: Vec<Vec<u8>> = needed
+            .par_iter()
+            .map(|&k| self.block(k))
+            .collect::<Result<_>>()?;
+        for (o, &p) in out.chunks_exact_mut(row).zip(rows) {
+            let k = (p / br) as usize;
+            let at = (p - k as u64 * br) as usize * row;
+            let slot = needed.binary_search(&k).expect("every block was decoded");
+            o.copy_from_slice(&decoded[slot][at..at + row]);
+        }
+        Ok(())
+    }
+
+    /// Copies runs of physical rows, `(first, n)` in order, into consecutive rows of `out`,
+    /// one parallel task per block.
+    pub fn read_runs(&self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<()> {
+        let (row, br) = (self.layout.row_bytes, self.index.block_rows);
+        if row == 0 {
+            return Ok(());
+        }
+        // Split the runs at block edges and group the pieces by block: each group fills a
+        // contiguous stretch of `out`, since runs ascend.
+        let mut groups: Vec<(usize, Vec<(u64, u64)>)> = Vec::new();
+        for &(first, n) in runs {
+            let mut p = first;
+            while p < first + n {
+                let k = (p / br) as usize;
+                let take = ((k as u64 + 1) * br).min(first + n) - p;
+                match groups.last_mut() {
+                    Some((last, pieces)) if *last == k => pieces.push((p, take)),
+                    _ => groups.push((k, vec![(p, take)])),
+                }
+                p += take;
+            }
+        }
+        let mut tasks = Vec::with_capacity(groups.len());
+        let mut rest = out;
+        for (k, pieces) in groups {
+            let len = pieces.iter().map(|&(_, n)| n as usize).sum::<usize>() * row;
+            let (here, tail) = rest.split_at_mut(len);
+            tasks.push((k, pieces, here));
+            rest = tail;
+        }
+        tasks.into_par_iter().try_for_each(|(k, pieces, here)| {
+            let block = self.block(k)?;
+            let base = k as u64 * br;
+            let mut at = 0;
+            for (p, n) in pieces {
+                let from = (p - base) as usize * row;
+                let len = n as usize * row;
+                here[at..at + len].copy_from_slice(&block[from..from + len]);
+                at += len;
+            }
+            Ok(())
+        })
+    }
+}

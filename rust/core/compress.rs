@@ -1,0 +1,359 @@
+//! Compressed arrays (FORMAT.md 7): the block index, the filters, and encoding and decoding
+//! of one block.
+
+use super::error::{Error, Result};
+
+pub const CODEC: &str = "zstd";
+/// Raw bytes a default block holds, about.
+pub const DEFAULT_BLOCK_BYTES: usize = 1 << 20;
+/// Raw bytes of the sample each candidate filter is tried on.
+const SAMPLE_BYTES: usize = 1 << 16;
+const RECORD: usize = 24;
+
+pub const STORED_RAW: u8 = 0;
+pub const ZSTD: u8 = 1;
+pub const NO_FILTER: u8 = 0;
+pub const SHUFFLE: u8 = 1;
+pub const DELTA_SHUFFLE: u8 = 2;
+pub const FILTER_NAMES: [&str; 3] = ["none", "shuffle", "delta+shuffle"];
+
+/// Where one block lives and how to read it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub size: u64,
+    pub crc32: u32,
+    pub codec: u8,
+    pub filter: u8,
+}
+
+impl Record {
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.size)
+    }
+}
+
+pub fn pack(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * RECORD);
+    for r in records {
+        out.extend_from_slice(&r.offset.to_le_bytes());
+        out.extend_from_slice(&r.size.to_le_bytes());
+        out.extend_from_slice(&r.crc32.to_le_bytes());
+        out.extend_from_slice(&[r.codec, r.filter, 0, 0]);
+    }
+    out
+}
+
+/// Parses a block index; None when it is malformed.
+pub fn unpack(bytes: &[u8]) -> Option<Vec<Record>> {
+    if !bytes.len().is_multiple_of(RECORD) {
+        return None;
+    }
+    bytes
+        .chunks_exact(RECORD)
+        .map(|c| {
+            let r = Record {
+                offset: u64::from_le_bytes(c[0..8].try_into().unwrap()),
+                size: u64::from_le_bytes(c[8..16].try_into().unwrap()),
+                crc32: u32::from_le_bytes(c[16..20].try_into().unwrap()),
+                codec: c[20],
+                filter: c[21],
+            };
+            (r.codec <= ZSTD && r.filter <= DELTA_SHUFFLE).then_some(r)
+        })
+        .collect()
+}
+
+/// The shape of a block's bytes: `rows x width` units of `unit` bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub row_bytes: usize,
+    pub unit: usize,
+}
+
+impl Layout {
+    /// Units are the itemsize, or half of it for complex dtypes (their parts are floats).
+    pub fn new(dtype: &str, itemsize: usize, row_bytes: usize) -> Self {
+        let unit = if dtype.starts_with("<c") {
+            itemsize / 2
+        } else {
+            itemsize
+        };
+        Layout { row_bytes, unit }
+    }
+
+    pub fn default_block_rows(&self) -> u64 {
+        (DEFAULT_BLOCK_BYTES / self.row_bytes.max(1)).max(1) as u64
+    }
+}
+
+/// A block ready to be written: its stored bytes and its record (offset still to be set).
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub record: Record,
+}
+
+/// Encodes one block: picks the filter on a sample, compresses, and stores the raw bytes
+/// instead when compression does not make them smaller.
+pub fn encode(raw: &[u8], layout: Layout, level: i32) -> Result<Encoded> {
+    let crc32 = crc32fast::hash(raw);
+    let rows = raw.len().checked_div(layout.row_bytes).unwrap_or(0);
+    let sample_rows = rows.min((SAMPLE_BYTES / layout.row_bytes.max(1)).max(1));
+    let sample = &raw[..sample_rows * layout.row_bytes];
+    let mut best = (usize::MAX, NO_FILTER);
+    for filter in [NO_FILTER, SHUFFLE, DELTA_SHUFFLE] {
+        if (filter == SHUFFLE && layout.unit < 2) || (filter == DELTA_SHUFFLE && sample_rows < 2) {
+            continue;
+        }
+        let size = zstd::bulk::compress(&apply(sample, layout, filter), 1)?.len();
+        if size < best.0 {
+            best = (size, filter);
+        }
+    }
+    let filter = best.1;
+    let compressed = zstd::bulk::compress(&apply(raw, layout, filter), level)?;
+    let (bytes, codec, filter) = if compressed.len() < raw.len() {
+        (compressed, ZSTD, filter)
+    } else {
+        (raw.to_vec(), STORED_RAW, NO_FILTER)
+    };
+    let size = bytes.len() as u64;
+    Ok(Encoded {
+        bytes,
+        record: Record {
+            offset: 0,
+            size,
+            crc32,
+            codec,
+            filter,
+        },
+    })
+}
+
+/// Decodes one block of `raw_len` bytes from its stored bytes, checking everything.
+pub fn decode(
+    stored: &[u8],
+    record: &Record,
+    layout: Layout,
+    raw_len: usize,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let corrupt = |why: &str| Error::Corrupt(format!("{what}: {why}"));
+    let raw = match record.codec {
+        STORED_RAW if stored.len() == raw_len => stored.to_vec(),
+        STORED_RAW => return Err(corrupt("a raw block has the wrong size")),
+        _ => {
+            let filtered = zstd::bulk::decompress(stored, raw_len)
+                .map_err(|e| corrupt(&format!("a block does not decompress ({e})")))?;
+            if filtered.len() != raw_len {
+                return Err(corrupt("a block decompresses to the wrong size"));
+            }
+            undo(filtered, layout, record.filter)
+        }
+    };
+    if crc32fast::hash(&raw) != record.crc32 {
+        return Err(corrupt("a block fails its CRC-32 check"));
+    }
+    Ok(raw)
+}
+
+fn apply(raw: &[u8], layout: Layout, filter: u8) -> Vec<u8> {
+    match filter {
+        NO_FILTER => raw.to_vec(),
+        SHUFFLE => shuffle(raw, layout.unit),
+        _ => {
+            let mut d = raw.to_vec();
+            delta(&mut d, layout);
+            shuffle(&d, layout.unit)
+        }
+    }
+}
+
+fn undo(filtered: Vec<u8>, layout: Layout, filter: u8) -> Vec<u8> {
+    match filter {
+        NO_FILTER => filtered,
+        SHUFFLE => unshuffle(&filtered, layout.unit),
+        _ => {
+            let mut raw = unshuffle(&filtered, layout.unit);
+            undelta(&mut raw, layout);
+            raw
+        }
+    }
+}
+
+/// Byte `j` of unit `i` goes to `j * n + i` (n units in all).
+fn shuffle(src: &[u8], unit: usize) -> Vec<u8> {
+    if unit < 2 {
+        return src.to_vec();
+    }
+    let n = src.len() / unit;
+    let mut out = vec![0u8; src.len()];
+    for (i, u) in src.chunks_exact(unit).enumerate() {
+        for (j, &b) in u.iter().enumerate() {
+            out[j * n + i] = b;
+        }
+    }
+    out
+}
+
+fn unshuffle(src: &[u8], unit: usize) -> Vec<u8> {
+    if unit < 2 {
+        return src.to_vec();
+    }
+    let n = src.len() / unit;
+    let mut out = vec![0u8; src.len()];
+    for (i, u) in out.chunks_exact_mut(unit).enumerate() {
+        for (j, b) in u.iter_mut().enumerate() {
+            *b = src[j * n + i];
+        }
+    }
+    out
+}
+
+macro_rules! by_unit {
+    ($unit:expr, $f:ident, $($arg:expr),*) => {
+        match $unit {
+            1 => $f::<u8, 1>($($arg),*),
+            2 => $f::<u16, 2>($($arg),*),
+            4 => $f::<u32, 4>($($arg),*),
+            _ => $f::<u64, 8>($($arg),*),
+        }
+    };
+}
+
+trait Word: Copy {
+    fn load(b: &[u8]) -> Self;
+    fn store(self, b: &mut [u8]);
+    fn sub(self, o: Self) -> Self;
+    fn add(self, o: Self) -> Self;
+}
+
+macro_rules! word {
+    ($t:ty) => {
+        impl Word for $t {
+            fn load(b: &[u8]) -> Self {
+                <$t>::from_le_bytes(b.try_into().unwrap())
+            }
+            fn store(self, b: &mut [u8]) {
+                b.copy_from_slice(&self.to_le_bytes())
+            }
+            fn sub(self, o: Self) -> Self {
+                self.wrapping_sub(o)
+            }
+            fn add(self, o: Self) -> Self {
+                self.wrapping_add(o)
+            }
+        }
+    };
+}
+word!(u8);
+word!(u16);
+word!(u32);
+word!(u64);
+
+/// Each unit minus the unit above it (previous row, same column), last row first.
+fn delta(buf: &mut [u8], layout: Layout) {
+    by_unit!(layout.unit, delta_words, buf, layout.row_bytes)
+}
+
+fn delta_words<W: Word, const U: usize>(buf: &mut [u8], row: usize) {
+    if row == 0 {
+        return;
+    }
+    let rows = buf.len() / row;
+    for r in (1..rows).rev() {
+        let (above, here) = buf[(r - 1) * row..(r + 1) * row].split_at_mut(row);
+        for (h, a) in here.chunks_exact_mut(U).zip(above.chunks_exact(U)) {
+            W::load(h).sub(W::load(a)).store(h);
+        }
+    }
+}
+
+fn undelta(buf: &mut [u8], layout: Layout) {
+    by_unit!(layout.unit, undelta_words, buf, layout.row_bytes)
+}
+
+fn undelta_words<W: Word, const U: usize>(buf: &mut [u8], row: usize) {
+    if row == 0 {
+        return;
+    }
+    let rows = buf.len() / row;
+    for r in 1..rows {
+        let (above, here) = buf[(r - 1) * row..(r + 1) * row].split_at_mut(row);
+        for (h, a) in here.chunks_exact_mut(U).zip(above.chunks_exact(U)) {
+            W::load(h).add(W::load(a)).store(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_round_trip() {
+        let raw: Vec<u8> = (0..4000u32)
+            .flat_map(|i| (i * 37 + 5).to_le_bytes())
+            .collect();
+        for unit in [1, 2, 4, 8] {
+            let layout = Layout {
+                row_bytes: 16,
+                unit,
+            };
+            for filter in [NO_FILTER, SHUFFLE, DELTA_SHUFFLE] {
+                assert_eq!(undo(apply(&raw, layout, filter), layout, filter), raw);
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_and_detect_damage() {
+        let layout = Layout::new("<i8", 8, 8);
+        let raw: Vec<u8> = (0..10_000i64)
+            .flat_map(|i| (1_700_000_000 + 3 * i).to_le_bytes())
+            .collect();
+        let enc = encode(&raw, layout, 3).unwrap();
+        assert_eq!(enc.record.filter, DELTA_SHUFFLE);
+        assert!(enc.bytes.len() < raw.len() / 10);
+        assert_eq!(
+            decode(&enc.bytes, &enc.record, layout, raw.len(), "t").unwrap(),
+            raw
+        );
+        let mut bad = enc.bytes.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x40;
+        assert!(decode(&bad, &enc.record, layout, raw.len(), "t").is_err());
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_raw() {
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let raw: Vec<u8> = (0..50_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let enc = encode(&raw, Layout::new("<f4", 4, 400), 3).unwrap();
+        assert_eq!(enc.record.codec, STORED_RAW);
+        assert_eq!(enc.bytes, raw);
+    }
+
+    #[test]
+    fn index_packs_and_rejects_garbage() {
+        let r = Record {
+            offset: 5,
+            size: 9,
+            crc32: 7,
+            codec: ZSTD,
+            filter: SHUFFLE,
+        };
+        assert_eq!(unpack(&pack(&[r, r])).unwrap(), [r, r]);
+        assert!(unpack(&[0u8; 23]).is_none());
+        let mut b = pack(&[r]);
+        b[21] = 9;
+        assert!(unpack(&b).is_none());
+    }
+}
