@@ -68,6 +68,24 @@ fn compression_info(
     Ok(d.into_any().unbind())
 }
 
+/// Of a compression this numpack cannot read, only the codec's name (and the raw size).
+fn unreadable_compression(py: Python<'_>, e: &core::format::Entry) -> PyResult<Py<PyAny>> {
+    let codec = match &e.compression {
+        rmpv::Value::Map(m) => m
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("codec"))
+            .and_then(|(_, v)| v.as_str().map(str::to_owned)),
+        _ => None,
+    };
+    let d = PyDict::new(py);
+    d.set_item("codec", codec)?;
+    for key in ["level", "block_rows", "blocks", "filters", "stored_bytes"] {
+        d.set_item(key, py.None())?;
+    }
+    d.set_item("raw_bytes", e.physical_bytes())?;
+    Ok(d.into_any().unbind())
+}
+
 /// A NumPack store directory (the rust backend of `numpack.NumPack`).
 #[pyclass(frozen, module = "numpack._core")]
 struct Store {
@@ -162,12 +180,7 @@ impl Store {
                 let (disk, compression) = match e.compressed() {
                     Ok(None) => (e.physical_bytes(), py.None()),
                     Ok(Some(c)) => (c.stored_bytes(), compression_info(py, &e, &c)?),
-                    Err(err) => {
-                        let d = PyDict::new(py);
-                        d.set_item("codec", py.None())?;
-                        d.set_item("error", err.to_string())?;
-                        (0, d.into_any().unbind())
-                    }
+                    Err(_) => (0, unreadable_compression(py, &e)?),
                 };
                 Ok((
                     e.name.clone(),

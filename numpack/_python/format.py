@@ -12,6 +12,7 @@ import numpy as np
 
 from .._dtypes import SUPPORTED
 from .._errors import CorruptStoreError
+from . import compress
 from .naming import is_data_file_of
 
 VERSION = 1
@@ -53,6 +54,32 @@ class ArrayEntry:
     @property
     def rows(self) -> int:
         return self.shape[0] - len(self.deleted)
+
+    @property
+    def codec(self) -> object:
+        """None for a raw array, else the compression map's codec (maybe one not known)."""
+        return None if self.compression is None else self.compression.get("codec")
+
+    @property
+    def zstd(self) -> bool:
+        """Whether the array is compressed with the codec this numpack reads."""
+        return self.codec == compress.CODEC
+
+    @functools.cached_property
+    def blocks(self) -> np.ndarray:
+        """The block index of a zstd array (validated by `decode`)."""
+        return compress.unpack(self.compression["blocks"])
+
+    @property
+    def file_bytes(self) -> int:
+        """How long the data file must be: the physical rows of a raw array, the end of the
+        last block of a compressed one (0 when the codec is not known)."""
+        if self.compression is None:
+            return self.nbytes
+        if not self.zstd or not len(self.blocks):
+            return 0
+        # Offsets and sizes are at most _MAX (checked by decode), so the sum cannot wrap.
+        return int((self.blocks["offset"] + self.blocks["size"]).max())
 
     @property
     def logical_shape(self) -> tuple:
@@ -174,15 +201,39 @@ def _entry(a, i: int, bad) -> ArrayEntry:
     compression = a.get("compression")
     if compression is not None and not isinstance(compression, dict):
         raise bad(f"{what} has an invalid compression {compression!r}")
+    if compression is not None and compression.get("codec") == compress.CODEC:
+        _check_compression(compression, shape[0], what, bad)
     # Values below shape[0] <= _MAX, so int64 holds them and row arithmetic stays signed.
     rows = _frozen(deleted.astype(np.int64)) if len(deleted) else NO_ROWS
     return ArrayEntry(name, file, dtype, tuple(shape), rows, modified_us, compression)
 
 
+def _check_compression(c: dict, rows: int, what: str, bad) -> None:
+    """The map of a zstd array. A codec this numpack does not know is not checked: only that
+    array fails, when it is used."""
+    level, block_rows, blob = c.get("level"), c.get("block_rows"), c.get("blocks")
+    if not _is_int(level) or not -(2**31) <= level < 2**31:
+        raise bad(f"{what} has an invalid compression level {level!r}")
+    if not _is_int(block_rows) or not 1 <= block_rows <= _MAX:
+        raise bad(f"{what} has an invalid block_rows {block_rows!r}")
+    count = compress.block_count(rows, block_rows)
+    if not isinstance(blob, bytes) or len(blob) != count * compress.RECORD.itemsize:
+        raise bad(f"{what} does not have a block index of {count} blocks")
+    r = compress.unpack(blob)
+    if np.any(
+        (r["offset"] > _MAX)
+        | (r["size"] > _MAX)
+        | (r["codec"] > compress.ZSTD)
+        | (r["filter"] > compress.DELTA_BITSHUFFLE)
+    ):
+        raise bad(f"{what} has an invalid block record")
+
+
 def _check_file(e: ArrayEntry, data_dir: str, path: str) -> None:
-    """A raw array's data file must hold all its physical rows (it may hold more)."""
-    need = e.nbytes
-    if e.compression is not None or not need:
+    """A raw array's data file must hold all its physical rows (it may hold more); a
+    compressed array's, every block its index names."""
+    need = e.file_bytes
+    if not need:
         return
     try:
         size = os.stat(os.path.join(data_dir, e.file)).st_size
@@ -193,5 +244,5 @@ def _check_file(e: ArrayEntry, data_dir: str, path: str) -> None:
     if size < need:
         raise CorruptStoreError(
             f"{path}: data file {e.file} of array {e.name!r} holds {size} bytes; "
-            f"its shape needs {need}"
+            f"its {'block index' if e.compression is not None else 'shape'} needs {need}"
         )

@@ -24,7 +24,7 @@ from .._errors import (
     ShapeMismatchError,
     StoreClosedError,
 )
-from . import files, journal
+from . import compress, files, journal
 from . import format as fmt
 from .lock import WriteLock
 from .naming import data_file
@@ -137,10 +137,28 @@ class _Change:
         self.created.append(file)
         return file
 
-    def new_array(self, name: str, dtype: str, shape: tuple, data: np.ndarray) -> None:
-        file = self.create(name, [data])
+    def new_array(
+        self,
+        name: str,
+        dtype: str,
+        shape: tuple,
+        data: np.ndarray,
+        level: int | None = None,
+        block_rows: int | None = None,
+    ) -> None:
+        """A new array of `data`: raw, or with `level` zstd blocks of `block_rows` rows."""
         shape = tuple(int(d) for d in shape)
-        self.put(fmt.ArrayEntry(name, file, dtype, shape, fmt.NO_ROWS, self.now))
+        if level is None:
+            file, compression = self.create(name, [data]), None
+        else:
+            row_bytes = math.prod(shape[1:]) * np.dtype(dtype).itemsize
+            block_rows = block_rows or compress.default_block_rows(row_bytes)
+            chunks, records = compress.encode_rows(
+                data, shape[0], row_bytes, compress.unit_of(dtype), level, block_rows, 0
+            )
+            file = self.create(name, chunks)
+            compression = compress.compression_map(level, block_rows, records)
+        self.put(fmt.ArrayEntry(name, file, dtype, shape, fmt.NO_ROWS, self.now, compression))
 
     def sweep(self) -> None:
         """Delete data files that no metadata names, and temporary files: leftovers of
@@ -277,22 +295,26 @@ class Store:
 
     # -- data files -------------------------------------------------------------------------
 
-    def _raw_only(self, e: fmt.ArrayEntry) -> fmt.ArrayEntry:
-        if e.compression is not None:
+    def _usable(self, e: fmt.ArrayEntry) -> fmt.ArrayEntry:
+        """`e`, unless it is compressed with a codec this numpack does not know."""
+        if e.compression is not None and not e.zstd:
             raise CorruptStoreError(
-                f"{self._path}: array {e.name!r} is compressed, which this numpack cannot read"
+                f"{self._path}: array {e.name!r} is compressed with codec {e.codec!r}, which "
+                "this numpack cannot read"
             )
         return e
 
     def _open(self, e: fmt.ArrayEntry, flags: int) -> int:
-        """A descriptor on `e`'s data file, which must hold all the array's physical rows."""
+        """A descriptor on `e`'s data file, which must hold all the array's physical rows
+        (raw) or every block of its index (compressed)."""
         fd = os.open(self._join(e.file), flags | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
-            if size < e.nbytes:
+            if size < e.file_bytes:
+                what = "block index" if e.compression is not None else "shape"
                 raise CorruptStoreError(
                     f"{self._path}: data file {e.file} of array {e.name!r} holds {size} bytes; "
-                    f"its shape needs {e.nbytes}"
+                    f"its {what} needs {e.file_bytes}"
                 )
         except BaseException:
             os.close(fd)
@@ -301,19 +323,22 @@ class Store:
 
     def _view(self, e: fmt.ArrayEntry) -> View:
         """A View of entry `e`. Views of one file share a mapping when it is long enough:
-        a referenced file is never truncated, so a mapping stays valid."""
-        self._raw_only(e)
+        a referenced file is never truncated, and blocks are never rewritten in place, so a
+        mapping stays valid."""
+        self._usable(e)
         cached = self._views.get(e.file)
         if cached is not None and cached.entry is e:
             return cached
         mapping = cached.mapping if cached is not None else None
-        if e.nbytes and (mapping is None or len(mapping) < e.nbytes):
+        need = e.file_bytes
+        if need and (mapping is None or len(mapping) < need):
             fd = self._open(e, os.O_RDONLY)
             try:
-                mapping = mmap.mmap(fd, e.nbytes, access=mmap.ACCESS_READ)
+                mapping = mmap.mmap(fd, need, access=mmap.ACCESS_READ)
             finally:
                 os.close(fd)
-        view = self._views[e.file] = View(e, mapping)
+        cls = BlockView if e.compression is not None else View
+        view = self._views[e.file] = cls(e, mapping)
         return view
 
     # -- reads ------------------------------------------------------------------------------
@@ -330,7 +355,7 @@ class Store:
     @_synchronized
     def entries(self) -> list:
         return [
-            (e.name, e.dtype, e.logical_shape, len(e.deleted), e.modified_us, e.file, e.nbytes)
+            (e.name, e.dtype, e.logical_shape, len(e.deleted), e.modified_us, e.file) + _describe(e)
             for e in self._refresh().arrays
         ]
 
@@ -350,12 +375,12 @@ class Store:
     # -- writes -----------------------------------------------------------------------------
 
     @_synchronized
-    def save(self, items) -> None:
+    def save(self, items, level=None, block_rows=None) -> None:
         with self._change() as change:
             for name, dtype, shape, data in items:
                 _check_data(name, dtype, shape, data)
             for name, dtype, shape, data in items:
-                change.new_array(name, dtype, shape, data)
+                change.new_array(name, dtype, shape, data, level, block_rows)
 
     @_synchronized
     def append(self, items) -> None:
@@ -363,7 +388,7 @@ class Store:
             for name, dtype, shape, data in items:
                 e = change.get(name)
                 if e is not None:
-                    self._raw_only(e)
+                    self._usable(e)
                     if dtype != e.dtype:
                         raise DTypeError(
                             f"array {name!r}: cannot append {np.dtype(dtype).name} rows to an "
@@ -380,21 +405,69 @@ class Store:
                 if e is None:
                     change.new_array(name, dtype, shape, data)
                     continue
-                # Bytes past the array's end (an interrupted append) are overwritten.
-                fd = self._open(e, os.O_WRONLY)
-                try:
-                    files.write_all(fd, data, e.nbytes)
-                finally:
-                    os.close(fd)
-                shape = (e.shape[0] + int(shape[0]),) + e.shape[1:]
-                change.put(dataclasses.replace(e, shape=shape, modified_us=change.now))
+                n = int(shape[0])
+                shape = (e.shape[0] + n,) + e.shape[1:]
+                compression = e.compression
+                if e.compression is not None:
+                    if n:
+                        compression = self._append_blocks(e, n, data)
+                else:
+                    # Bytes past the array's end (an interrupted append) are overwritten.
+                    fd = self._open(e, os.O_WRONLY)
+                    try:
+                        files.write_all(fd, data, e.nbytes)
+                    finally:
+                        os.close(fd)
+                change.put(
+                    dataclasses.replace(
+                        e, shape=shape, modified_us=change.now, compression=compression
+                    )
+                )
+
+    def _append_blocks(self, e: fmt.ArrayEntry, n: int, data: np.ndarray) -> dict:
+        """Append `n` rows to compressed array `e`: its last block, if not full, is encoded
+        again holding the first new rows, then come new blocks. Returns the new map."""
+        br, r = e.compression["block_rows"], e.row_bytes
+        k, head = divmod(e.shape[0], br)  # head: rows in a partial last block
+        fill = min(n, br - head) if head else 0
+
+        def blocks():
+            if head:
+                yield k, np.concatenate((self._view(e).block(k).reshape(-1), data[: fill * r]))
+            for i, start in enumerate(range(fill, n, br), start=k + bool(head)):
+                yield i, data[start * r : min(n, start + br) * r]
+
+        return self._write_blocks(e, e.shape[0] + n, blocks())
+
+    def _write_blocks(self, e: fmt.ArrayEntry, rows: int, blocks) -> dict:
+        """Encode each `(k, raw bytes of block k)` of `blocks` and append it to compressed
+        array `e`'s data file; returns the compression map of `e`, grown to `rows` physical
+        rows, with those blocks' records pointing at their new versions."""
+        c, r = e.compression, e.row_bytes
+        br, level, unit = c["block_rows"], c["level"], compress.unit_of(e.dtype)
+        records = np.zeros(compress.block_count(rows, br), compress.RECORD)
+        records[: len(e.blocks)] = e.blocks
+        fd = self._open(e, os.O_WRONLY)
+        try:
+            # Past the end of the file, not of the last block: bytes of an interrupted call
+            # are dead, and a block a view may still read is never overwritten.
+            offset = os.fstat(fd).st_size
+            for k, raw in blocks:
+                n = min(br, rows - k * br)
+                stored, codec, f, crc = compress.encode_block(raw, n, r, unit, level)
+                files.write_all(fd, stored, offset)
+                records[k] = (offset, len(stored), crc, codec, f, 0)
+                offset += len(stored)
+        finally:
+            os.close(fd)
+        return compress.compression_map(level, br, records)
 
     @_synchronized
     def replace(self, items) -> None:
         with self._change() as change:
             plans = []
             for name, rows, data in items:
-                e = self._raw_only(change.find(name))
+                e = self._usable(change.find(name))
                 rows = _check_rows(name, rows, e.rows)
                 if data.nbytes != len(rows) * e.row_bytes:
                     raise ShapeMismatchError(
@@ -405,19 +478,44 @@ class Store:
             sections, writes = [], []
             for e, rows, data in plans:
                 change.put(dataclasses.replace(e, modified_us=change.now))
-                if data.nbytes:
-                    logical, src = last_occurrences(rows)
-                    old = np.empty(len(logical) * e.row_bytes, np.uint8)
-                    self._view(e).gather(logical, old)
-                    physical = RowMap(e.deleted).physical(logical)
-                    sections.append((e.file, e.row_bytes, physical, old))
-                    writes.append((e, physical, src, data))
+                if not data.nbytes:
+                    continue
+                logical, src = last_occurrences(rows)
+                physical = RowMap(e.deleted).physical(logical)
+                if e.compression is not None:
+                    # New versions of the touched blocks go to the end of the file: no journal.
+                    compression = self._replace_blocks(e, physical, src, data)
+                    change.put(
+                        dataclasses.replace(e, modified_us=change.now, compression=compression)
+                    )
+                    continue
+                old = np.empty(len(logical) * e.row_bytes, np.uint8)
+                self._view(e).gather(logical, old)
+                sections.append((e.file, e.row_bytes, physical, old))
+                writes.append((e, physical, src, data))
             if not writes:
                 return
             journal.write(self._path, sections)
             for e, physical, src, data in writes:
                 self._write_rows(e, physical, src, data)
             change.retired.append(journal.NAME)  # deleted after the commit, under the lock
+
+    def _replace_blocks(self, e: fmt.ArrayEntry, physical, src, data: np.ndarray) -> dict:
+        """Write row `src[k]` of `data` over physical row `physical[k]` (ascending, unique)
+        of compressed array `e`, a block at a time; returns the new compression map."""
+        br, view = e.compression["block_rows"], self._view(e)
+        new = data.reshape(-1, e.row_bytes)
+        block = physical // br
+        cuts = np.flatnonzero(np.diff(block)) + 1
+
+        def touched():
+            for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(block)]):
+                k = int(block[lo])
+                rows = view.block(k).copy()
+                rows[physical[lo:hi] - k * br] = new[src[lo:hi]]
+                yield k, rows
+
+        return self._write_blocks(e, e.shape[0], touched())
 
     def _write_rows(self, e: fmt.ArrayEntry, physical, src, data: np.ndarray) -> None:
         """Write row `src[k]` of `data` over physical row `physical[k]`, a run at a time."""
@@ -440,7 +538,7 @@ class Store:
     @_synchronized
     def drop_rows(self, name: str, rows) -> None:
         with self._change() as change:
-            e = self._raw_only(change.find(name))
+            e = self._usable(change.find(name))
             rows = _check_rows(name, rows, e.rows)
             if len(rows):
                 deleted = merge(e.deleted, RowMap(e.deleted).physical(rows))
@@ -455,12 +553,33 @@ class Store:
                 todo = [change.find(name).name for name in names]
             for name in todo:
                 e = change.get(name)
-                if not len(e.deleted):
-                    continue
+                if e.compression is None:
+                    if not len(e.deleted):
+                        continue
+                    file, compression = change.create(name, _live_rows(self._view(e))), None
+                else:
+                    if not e.zstd and names is None:
+                        continue  # what cannot be read cannot be rewritten; it stays as it is
+                    self._usable(e)
+                    size = os.stat(self._join(e.file)).st_size
+                    if not len(e.deleted) and size <= int(e.blocks["size"].sum()):
+                        continue  # no dropped rows, no dead bytes
+                    c, records = e.compression, []
+                    blocks = _live_blocks(self._view(e), c["level"], c["block_rows"], records)
+                    file = change.create(name, blocks)
+                    compression = compress.compression_map(
+                        c["level"], c["block_rows"], np.concatenate(records)
+                    )
                 # The values do not change, so neither does modified_us.
-                file = change.create(name, _live_rows(self._view(e)))
-                shape = e.logical_shape
-                change.put(dataclasses.replace(e, file=file, shape=shape, deleted=fmt.NO_ROWS))
+                change.put(
+                    dataclasses.replace(
+                        e,
+                        file=file,
+                        shape=e.logical_shape,
+                        deleted=fmt.NO_ROWS,
+                        compression=compression,
+                    )
+                )
             if names is None:
                 change.sweep()
 
@@ -492,6 +611,48 @@ def _live_rows(view: View):
         yield out
 
 
+def _live_blocks(view: BlockView, level: int, block_rows: int, records: list):
+    """The live rows of compressed `view` encoded afresh in blocks of `block_rows` rows: yields
+    their stored bytes, whole blocks of about _COPY_BYTES at a time, and appends their records
+    (placed one after another from offset 0) to `records`."""
+    r, n, offset = view.row_bytes, view.shape[0], 0
+    step = block_rows * max(1, _COPY_BYTES // max(1, r * block_rows))
+    unit = compress.unit_of(view.dtype)
+    records.append(np.zeros(0, compress.RECORD))
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        buf = np.empty((stop - start) * r, np.uint8)
+        view.read(start, stop, buf)
+        chunks, recs = compress.encode_rows(buf, stop - start, r, unit, level, block_rows, offset)
+        records.append(recs)
+        offset += sum(len(c) for c in chunks)
+        yield from chunks
+
+
+def _describe(e: fmt.ArrayEntry) -> tuple:
+    """`(bytes_on_disk, compression)` of an array, as entries() reports them."""
+    if e.compression is None:
+        return e.nbytes, None
+    if not e.zstd:
+        # Of a codec this numpack does not know, only the name is reported.
+        keys = ("level", "block_rows", "blocks", "filters", "stored_bytes")
+        return 0, {"codec": e.codec, **dict.fromkeys(keys), "raw_bytes": e.nbytes}
+    b = e.blocks
+    # Blocks stored raw count as "raw" whatever their filter byte says.
+    kind = np.where(b["codec"] == compress.STORED_RAW, 0, 1 + b["filter"].astype(np.int64))
+    counts = np.bincount(kind, minlength=4).tolist()
+    stored = int(b["size"].sum())
+    return stored, {
+        "codec": compress.CODEC,
+        "level": e.compression["level"],
+        "block_rows": e.compression["block_rows"],
+        "blocks": len(b),
+        "filters": {f: c for f, c in zip(("raw", *compress.FILTER_NAMES), counts) if c},
+        "raw_bytes": e.nbytes,
+        "stored_bytes": stored,
+    }
+
+
 class View:
     """A snapshot of one array: its rows and dropped rows when the view was made.
 
@@ -508,9 +669,10 @@ class View:
         self.row_bytes = entry.row_bytes
         self._rows = RowMap(entry.deleted)
         # The mapping may be longer than this snapshot (a later view grew it): cut it.
-        self._buf = memoryview(mapping)[: entry.nbytes] if entry.nbytes else None
+        need = entry.file_bytes
+        self._buf = memoryview(mapping)[:need] if need else None
         self._data = None
-        if self._buf is not None:
+        if self._buf is not None and entry.compression is None:
             self._data = np.frombuffer(self._buf, np.uint8).reshape(-1, self.row_bytes)
 
     def _check_out(self, out, count: int) -> None:
@@ -531,14 +693,17 @@ class View:
                 f"{self.row_bytes} bytes"
             )
 
-    def read(self, start: int, stop: int, out: np.ndarray) -> None:
-        """Logical rows [start, stop) into `out`."""
+    def _check_range(self, start: int, stop: int, out) -> None:
         n = self.shape[0]
         if not 0 <= start <= stop <= n:
             raise RowIndexError(
                 f"array {self.entry.name!r}: rows [{start}, {stop}) are out of bounds for {n} rows"
             )
         self._check_out(out, stop - start)
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Logical rows [start, stop) into `out`."""
+        self._check_range(start, stop, out)
         if not out.nbytes:
             return
         if not self.dropped:
@@ -562,3 +727,78 @@ class View:
     def buffer(self):
         """The rows, zero-copy and read-only; None with dropped rows or no bytes."""
         return None if self.dropped or self._buf is None else self._buf
+
+
+class BlockView(View):
+    """A snapshot of a compressed array: its block index when the view was made.
+
+    Reads decode the blocks their rows fall in, each once per call (and keep the last one).
+    A replaced block is written elsewhere in the file, so a view keeps showing the values of
+    its snapshot.
+    """
+
+    def __init__(self, entry: fmt.ArrayEntry, mapping: mmap.mmap | None):
+        super().__init__(entry, mapping)
+        self._blocks = entry.blocks
+        self._block_rows = entry.compression["block_rows"]
+        self._unit = compress.unit_of(entry.dtype)
+        # The last block decoded, as (k, rows): reads in small steps (stream_load's batches of
+        # 1000 rows, sequential slices) fall in the same block again and again, and decoding
+        # it each time made stream_load about 50x slower. Blocks never change, so it stays valid.
+        self._last: tuple | None = None
+
+    def block(self, k: int) -> np.ndarray:
+        """The physical rows of block `k`, decoded and checked, as a read-only (rows, R)
+        uint8 array."""
+        last = self._last
+        if last is not None and last[0] == k:
+            return last[1]
+        rec, br = self._blocks[k], self._block_rows
+        n = min(br, self.entry.shape[0] - k * br)
+        offset, size = int(rec["offset"]), int(rec["size"])
+        # The view's file was checked to hold every block of its index before it was mapped.
+        stored = self._buf[offset : offset + size] if size else b""
+        what = f"block {k} of array {self.entry.name!r} in {self.entry.file}"
+        rows = compress.decode_block(stored, rec, n, self.row_bytes, self._unit, what)
+        rows = rows.reshape(n, self.row_bytes)
+        rows.flags.writeable = False
+        self._last = (k, rows)
+        return rows
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Logical rows [start, stop) into `out`."""
+        self._check_range(start, stop, out)
+        if not out.nbytes:
+            return
+        dst = out.reshape(-1, self.row_bytes)
+        # The live rows between the physical rows of `start` and `stop - 1` are the ones asked.
+        first, last = self._rows.physical(np.array([start, stop - 1], np.int64)).tolist()
+        br, deleted, pos = self._block_rows, self.entry.deleted, 0
+        for k in range(first // br, last // br + 1):
+            lo, hi = max(first, k * br), min(last + 1, (k + 1) * br)
+            rows = self.block(k)[lo - k * br : hi - k * br]
+            gone = deleted[np.searchsorted(deleted, lo) : np.searchsorted(deleted, hi)]
+            if len(gone):
+                keep = np.ones(hi - lo, bool)
+                keep[gone - lo] = False
+                rows = rows[keep]
+            dst[pos : pos + len(rows)] = rows
+            pos += len(rows)
+
+    def gather(self, rows, out: np.ndarray) -> None:
+        """Logical `rows`, in the order given, into `out`."""
+        rows = _check_rows(self.entry.name, rows, self.shape[0])
+        self._check_out(out, len(rows))
+        if not out.nbytes:
+            return
+        dst = out.reshape(-1, self.row_bytes)
+        physical = self._rows.physical(rows)
+        block = physical // self._block_rows
+        # Rows grouped by block, so that each block is decoded once.
+        order = np.argsort(block, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(block[order])) + 1):
+            k = int(block[group[0]])
+            dst[group] = self.block(k)[physical[group] - k * self._block_rows]
+
+    def buffer(self):
+        return None

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -45,6 +46,9 @@ pub fn write(file: &mut File, at: u64, blocks: Vec<Encoded>) -> Result<Vec<Recor
     Ok(records)
 }
 
+/// A decoded block kept for the next read: its number and raw bytes.
+pub type LastBlock = Mutex<Option<(usize, Arc<Vec<u8>>)>>;
+
 /// Reads rows of one compressed array out of its mapped data file.
 pub struct Reader<'a> {
     pub src: &'a [u8],
@@ -53,16 +57,32 @@ pub struct Reader<'a> {
     /// Physical rows of the array.
     pub rows: u64,
     pub what: &'a str,
+    /// The last block decoded through this view: streaming and slicing read many rows of
+    /// one block in a row, and blocks never change once written.
+    pub last: &'a LastBlock,
 }
 
 impl Reader<'_> {
     /// The raw bytes of block `k`.
-    pub fn block(&self, k: usize) -> Result<Vec<u8>> {
+    pub fn block(&self, k: usize) -> Result<Arc<Vec<u8>>> {
+        if let Some((last, raw)) = &*self.last.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *last == k {
+                return Ok(raw.clone());
+            }
+        }
         let rec = &self.index.blocks[k];
         let range = self.index.rows_of(k, self.rows);
         let raw_len = (range.end - range.start) as usize * self.layout.row_bytes;
         let stored = &self.src[rec.offset as usize..rec.end() as usize];
-        compress::decode(stored, rec, self.layout, raw_len, self.what)
+        let raw = Arc::new(compress::decode(
+            stored,
+            rec,
+            self.layout,
+            raw_len,
+            self.what,
+        )?);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((k, raw.clone()));
+        Ok(raw)
     }
 
     /// Copies physical rows `rows` (any order) into `out`, decoding each block once.
@@ -74,7 +94,7 @@ impl Reader<'_> {
         let mut needed: Vec<usize> = rows.iter().map(|&p| (p / br) as usize).collect();
         needed.sort_unstable();
         needed.dedup();
-        let decoded: Vec<Vec<u8>> = needed
+        let decoded: Vec<Arc<Vec<u8>>> = needed
             .par_iter()
             .map(|&k| self.block(k))
             .collect::<Result<_>>()?;

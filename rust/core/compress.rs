@@ -1,13 +1,16 @@
 //! Compressed arrays (FORMAT.md 7): the block index, the filters, and encoding and decoding
 //! of one block.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+
 use super::error::{Error, Result};
 
 pub const CODEC: &str = "zstd";
 /// Raw bytes a default block holds, about.
 pub const DEFAULT_BLOCK_BYTES: usize = 1 << 20;
 /// Raw bytes of the sample each candidate filter is tried on.
-const SAMPLE_BYTES: usize = 1 << 16;
+const SAMPLE_BYTES: usize = 1 << 15;
 const RECORD: usize = 24;
 
 pub const STORED_RAW: u8 = 0;
@@ -15,7 +18,15 @@ pub const ZSTD: u8 = 1;
 pub const NO_FILTER: u8 = 0;
 pub const SHUFFLE: u8 = 1;
 pub const DELTA_SHUFFLE: u8 = 2;
-pub const FILTER_NAMES: [&str; 3] = ["none", "shuffle", "delta+shuffle"];
+pub const BITSHUFFLE: u8 = 3;
+pub const DELTA_BITSHUFFLE: u8 = 4;
+pub const FILTER_NAMES: [&str; 5] = [
+    "none",
+    "shuffle",
+    "delta+shuffle",
+    "bitshuffle",
+    "delta+bitshuffle",
+];
 
 /// Where one block lives and how to read it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +70,7 @@ pub fn unpack(bytes: &[u8]) -> Option<Vec<Record>> {
                 codec: c[20],
                 filter: c[21],
             };
-            (r.codec <= ZSTD && r.filter <= DELTA_SHUFFLE).then_some(r)
+            (r.codec <= ZSTD && r.filter <= DELTA_BITSHUFFLE).then_some(r)
         })
         .collect()
 }
@@ -101,17 +112,24 @@ pub fn encode(raw: &[u8], layout: Layout, level: i32) -> Result<Encoded> {
     let sample_rows = rows.min((SAMPLE_BYTES / layout.row_bytes.max(1)).max(1));
     let sample = &raw[..sample_rows * layout.row_bytes];
     let mut best = (usize::MAX, NO_FILTER);
-    for filter in [NO_FILTER, SHUFFLE, DELTA_SHUFFLE] {
-        if (filter == SHUFFLE && layout.unit < 2) || (filter == DELTA_SHUFFLE && sample_rows < 2) {
+    for filter in [
+        NO_FILTER,
+        SHUFFLE,
+        DELTA_SHUFFLE,
+        BITSHUFFLE,
+        DELTA_BITSHUFFLE,
+    ] {
+        let is_delta = matches!(filter, DELTA_SHUFFLE | DELTA_BITSHUFFLE);
+        if (filter == SHUFFLE && layout.unit < 2) || (is_delta && sample_rows < 2) {
             continue;
         }
-        let size = zstd::bulk::compress(&apply(sample, layout, filter), 1)?.len();
+        let size = compress(&apply(sample, layout, filter), level)?.len();
         if size < best.0 {
             best = (size, filter);
         }
     }
     let filter = best.1;
-    let compressed = zstd::bulk::compress(&apply(raw, layout, filter), level)?;
+    let compressed = compress(&apply(raw, layout, filter), level)?;
     let (bytes, codec, filter) = if compressed.len() < raw.len() {
         (compressed, ZSTD, filter)
     } else {
@@ -143,12 +161,13 @@ pub fn decode(
         STORED_RAW if stored.len() == raw_len => stored.to_vec(),
         STORED_RAW => return Err(corrupt("a raw block has the wrong size")),
         _ => {
-            let filtered = zstd::bulk::decompress(stored, raw_len)
+            let want = filtered_len(raw_len, layout.unit, record.filter);
+            let filtered = decompress(stored, want)
                 .map_err(|e| corrupt(&format!("a block does not decompress ({e})")))?;
-            if filtered.len() != raw_len {
+            if filtered.len() != want {
                 return Err(corrupt("a block decompresses to the wrong size"));
             }
-            undo(filtered, layout, record.filter)
+            undo(filtered, layout, record.filter, raw_len)
         }
     };
     if crc32fast::hash(&raw) != record.crc32 {
@@ -157,28 +176,113 @@ pub fn decode(
     Ok(raw)
 }
 
-fn apply(raw: &[u8], layout: Layout, filter: u8) -> Vec<u8> {
-    match filter {
-        NO_FILTER => raw.to_vec(),
-        SHUFFLE => shuffle(raw, layout.unit),
-        _ => {
-            let mut d = raw.to_vec();
-            delta(&mut d, layout);
-            shuffle(&d, layout.unit)
+thread_local! {
+    // zstd contexts hold megabytes of tables: one per thread, reused, instead of one per block.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
         }
+        c.as_mut().expect("set above").1.compress(data)
+    })
+}
+
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("set above").decompress(data, capacity)
+    })
+}
+
+/// Bytes a filter turns `raw_len` bytes into: bit planes round up to whole bytes.
+fn filtered_len(raw_len: usize, unit: usize, filter: u8) -> usize {
+    match filter {
+        BITSHUFFLE | DELTA_BITSHUFFLE => 8 * unit * (raw_len / unit.max(1)).div_ceil(8),
+        _ => raw_len,
     }
 }
 
-fn undo(filtered: Vec<u8>, layout: Layout, filter: u8) -> Vec<u8> {
+fn apply(raw: &[u8], layout: Layout, filter: u8) -> Cow<'_, [u8]> {
+    let src: Cow<[u8]> = if matches!(filter, DELTA_SHUFFLE | DELTA_BITSHUFFLE) {
+        let mut d = raw.to_vec();
+        delta(&mut d, layout);
+        Cow::Owned(d)
+    } else {
+        Cow::Borrowed(raw)
+    };
     match filter {
-        NO_FILTER => filtered,
-        SHUFFLE => unshuffle(&filtered, layout.unit),
-        _ => {
-            let mut raw = unshuffle(&filtered, layout.unit);
-            undelta(&mut raw, layout);
-            raw
+        NO_FILTER => src,
+        SHUFFLE | DELTA_SHUFFLE => Cow::Owned(shuffle(&src, layout.unit)),
+        _ => Cow::Owned(bitshuffle(&src, layout.unit)),
+    }
+}
+
+fn undo(filtered: Vec<u8>, layout: Layout, filter: u8, raw_len: usize) -> Vec<u8> {
+    let mut raw = match filter {
+        NO_FILTER => return filtered,
+        SHUFFLE | DELTA_SHUFFLE => unshuffle(&filtered, layout.unit),
+        _ => unbitshuffle(&filtered, layout.unit, raw_len),
+    };
+    if matches!(filter, DELTA_SHUFFLE | DELTA_BITSHUFFLE) {
+        undelta(&mut raw, layout);
+    }
+    raw
+}
+
+/// Transposes an 8x8 bit matrix: bit `c` of byte `r` becomes bit `r` of byte `c`.
+fn transpose8(mut x: u64) -> u64 {
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^ t ^ (t << 28)
+}
+
+/// Bit plane `8j + b` holds bit `b` of byte `j` of every unit, eight units to a byte (unit
+/// `i` in bit `i % 8` of byte `i / 8`); a last partial group of units is padded with zeros.
+fn bitshuffle(src: &[u8], unit: usize) -> Vec<u8> {
+    let n = src.len() / unit;
+    let plane = n.div_ceil(8);
+    let mut out = vec![0u8; 8 * unit * plane];
+    let mut group = vec![0u8; 8 * unit];
+    for g in 0..plane {
+        let units = &src[g * 8 * unit..((g + 1) * 8 * unit).min(src.len())];
+        group[..units.len()].copy_from_slice(units);
+        group[units.len()..].fill(0);
+        for j in 0..unit {
+            let x = (0..8).fold(0u64, |x, r| x | (group[r * unit + j] as u64) << (8 * r));
+            for (b, byte) in transpose8(x).to_le_bytes().into_iter().enumerate() {
+                out[(8 * j + b) * plane + g] = byte;
+            }
         }
     }
+    out
+}
+
+fn unbitshuffle(src: &[u8], unit: usize, raw_len: usize) -> Vec<u8> {
+    let plane = src.len() / (8 * unit);
+    let mut out = vec![0u8; 8 * unit * plane];
+    for g in 0..plane {
+        for j in 0..unit {
+            let x = (0..8).fold(0u64, |x, b| {
+                x | (src[(8 * j + b) * plane + g] as u64) << (8 * b)
+            });
+            for (r, byte) in transpose8(x).to_le_bytes().into_iter().enumerate() {
+                out[(g * 8 + r) * unit + j] = byte;
+            }
+        }
+    }
+    out.truncate(raw_len);
+    out
 }
 
 /// Byte `j` of unit `i` goes to `j * n + i` (n units in all).
@@ -300,8 +404,25 @@ mod tests {
                 row_bytes: 16,
                 unit,
             };
-            for filter in [NO_FILTER, SHUFFLE, DELTA_SHUFFLE] {
-                assert_eq!(undo(apply(&raw, layout, filter), layout, filter), raw);
+            for filter in 0..=DELTA_BITSHUFFLE {
+                let f = apply(&raw, layout, filter).into_owned();
+                assert_eq!(f.len(), filtered_len(raw.len(), unit, filter));
+                assert_eq!(undo(f, layout, filter, raw.len()), raw);
+            }
+        }
+    }
+
+    #[test]
+    fn bitshuffle_matches_its_definition() {
+        let src: Vec<u8> = (0..21u32).map(|i| (i * 89 + 7) as u8).collect(); // 7 units of 3
+        let out = bitshuffle(&src, 3);
+        let plane = 1;
+        for i in 0..7 {
+            for j in 0..3 {
+                for b in 0..8 {
+                    let want = (src[i * 3 + j] >> b) & 1;
+                    assert_eq!((out[(8 * j + b) * plane + i / 8] >> (i % 8)) & 1, want);
+                }
             }
         }
     }

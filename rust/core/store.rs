@@ -6,7 +6,7 @@ use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
@@ -292,6 +292,7 @@ impl Store {
             index,
             map,
             what: format!("{} (array {:?})", self.dir.join(&e.file).display(), e.name),
+            last_block: Mutex::new(None),
         })
     }
 
@@ -663,6 +664,7 @@ pub struct View {
     map: Option<Arc<Mmap>>,
     /// Names the data file in error messages.
     what: String,
+    last_block: blocks::LastBlock,
 }
 
 impl View {
@@ -677,6 +679,7 @@ impl View {
             layout: self.layout,
             rows: self.physical_rows,
             what: &self.what,
+            last: &self.last_block,
         }
     }
 
@@ -695,7 +698,7 @@ impl View {
         let full = (self.physical_rows / index.block_rows) as usize;
         let mut raw = Vec::new();
         if full < index.blocks.len() {
-            raw = self.reader(&index).block(full)?;
+            raw = self.reader(&index).block(full)?.to_vec();
         }
         raw.extend_from_slice(item.data);
         let tail_rows = rows - full as u64 * index.block_rows;
@@ -718,7 +721,7 @@ impl View {
         let reader = self.reader(&index);
         let mut raws: Vec<Vec<u8>> = touched
             .par_iter()
-            .map(|&k| reader.block(k))
+            .map(|&k| reader.block(k).map(|b| b.to_vec()))
             .collect::<Result<_>>()?;
         let row = self.row;
         for (i, &p) in physical.iter().enumerate() {

@@ -1,0 +1,226 @@
+"""Compressed arrays (FORMAT.md 7): the block index, the filters, and the encoding and
+decoding of one block."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+
+import numpy as np
+import zstandard
+
+from .._errors import CorruptStoreError
+
+CODEC = "zstd"
+DEFAULT_LEVEL = 3
+# Raw bytes a default block holds, about; and those of the sample each filter is tried on.
+DEFAULT_BLOCK_BYTES = 1 << 20
+SAMPLE_BYTES = 1 << 15
+
+STORED_RAW, ZSTD = 0, 1
+NONE, SHUFFLE, DELTA_SHUFFLE, BITSHUFFLE, DELTA_BITSHUFFLE = 0, 1, 2, 3, 4
+FILTER_NAMES = ("none", "shuffle", "delta+shuffle", "bitshuffle", "delta+bitshuffle")
+_DELTAS = (DELTA_SHUFFLE, DELTA_BITSHUFFLE)
+_BITS = (BITSHUFFLE, DELTA_BITSHUFFLE)
+
+RECORD = np.dtype(
+    [
+        ("offset", "<u8"),
+        ("size", "<u8"),
+        ("crc32", "<u4"),
+        ("codec", "u1"),
+        ("filter", "u1"),
+        ("pad", "<u2"),
+    ]
+)
+assert RECORD.itemsize == 24
+
+# zstandard's (de)compressor objects are not safe to share between threads; views are read
+# from any thread without the store's lock, so each thread keeps its own.
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # libzstd clamps a level out of its range, but zstandard rejects one above its maximum: a
+    # store another program wrote at such a level is written at the maximum, as libzstd would.
+    level = min(level, zstandard.MAX_COMPRESSION_LEVEL)
+    cache = _local.__dict__.setdefault("compressors", {})
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
+
+
+def unit_of(dtype: str) -> int:
+    """Bytes a filter unit spans: the itemsize, or half of it for complex dtypes, whose two
+    parts are floats."""
+    dt = np.dtype(dtype)
+    return dt.itemsize // 2 if dt.kind == "c" else dt.itemsize
+
+
+def default_block_rows(row_bytes: int) -> int:
+    return max(1, DEFAULT_BLOCK_BYTES // row_bytes) if row_bytes else DEFAULT_BLOCK_BYTES
+
+
+def block_count(rows: int, block_rows: int) -> int:
+    return -(-rows // block_rows)
+
+
+def pack(records: np.ndarray) -> bytes:
+    return np.ascontiguousarray(records, RECORD).tobytes()
+
+
+def unpack(blob: bytes) -> np.ndarray:
+    """The records of a block index (read-only); its length is checked by the caller."""
+    return np.frombuffer(blob, RECORD)
+
+
+# -- filters --------------------------------------------------------------------------------
+
+
+def _shuffle(b: np.ndarray, unit: int) -> np.ndarray:
+    # All first bytes of the units, then all second bytes...
+    return b if unit == 1 else b.reshape(-1, unit).T.ravel()
+
+
+def _unshuffle(b: np.ndarray, unit: int) -> np.ndarray:
+    return b if unit == 1 else b.reshape(unit, -1).T.ravel()
+
+
+def _bitshuffle(b: np.ndarray, unit: int) -> np.ndarray:
+    # Plane k holds bit k%8 of byte k//8 of every unit, packed eight units to a byte.
+    bits = np.unpackbits(b.reshape(-1, unit), axis=1, bitorder="little")
+    return np.packbits(bits.T, axis=1, bitorder="little").ravel()
+
+
+def _unbitshuffle(b: np.ndarray, n: int, unit: int) -> np.ndarray:
+    bits = np.unpackbits(b.reshape(8 * unit, -1), axis=1, count=n, bitorder="little")
+    return np.packbits(bits.T, axis=1, bitorder="little").ravel()
+
+
+def filtered_size(size: int, unit: int, f: int) -> int:
+    """Bytes a filter turns `size` raw bytes into: bit planes round up to whole bytes."""
+    return 8 * unit * -(-(size // unit) // 8) if f in _BITS else size
+
+
+def _delta(b: np.ndarray, rows: int, unit: int) -> np.ndarray:
+    x = b.view(f"<u{unit}").reshape(rows, -1)
+    d = x.copy()
+    np.subtract(x[1:], x[:-1], out=d[1:])  # unsigned: wraps modulo 2^(8u)
+    return d.reshape(-1).view(np.uint8)
+
+
+def _undelta(b: np.ndarray, rows: int, unit: int) -> np.ndarray:
+    x = b.view(f"<u{unit}").reshape(rows, -1)
+    return np.cumsum(x, axis=0, dtype=x.dtype).reshape(-1).view(np.uint8)
+
+
+def _apply(raw: np.ndarray, rows: int, unit: int, f: int) -> np.ndarray:
+    if f in _DELTAS:
+        raw = _delta(raw, rows, unit)
+    if f in _BITS:
+        return _bitshuffle(raw, unit)
+    return raw if f == NONE else _shuffle(raw, unit)
+
+
+def _undo(b: np.ndarray, rows: int, unit: int, f: int, size: int) -> np.ndarray:
+    if f in _BITS:
+        b = _unbitshuffle(b, size // unit, unit)
+    elif f != NONE:
+        b = _unshuffle(b, unit)
+    return _undelta(b, rows, unit) if f in _DELTAS else b
+
+
+def choose_filter(raw: np.ndarray, rows: int, row_bytes: int, unit: int, level: int) -> int:
+    """The filter whose output of a sample (the block's first rows, about SAMPLE_BYTES)
+    compresses smallest at `level`; a tie goes to the lower number."""
+    n = min(rows, max(1, SAMPLE_BYTES // row_bytes))
+    candidates = [NONE, BITSHUFFLE]
+    if unit > 1:
+        candidates.append(SHUFFLE)
+    if n >= 2:  # delta of a single row changes nothing
+        candidates += [DELTA_SHUFFLE, DELTA_BITSHUFFLE]
+    sample = raw[: n * row_bytes]
+    c = _compressor(level)
+    return min(candidates, key=lambda f: (len(c.compress(_apply(sample, n, unit, f))), f))
+
+
+# -- blocks ---------------------------------------------------------------------------------
+
+
+def encode_block(raw, rows: int, row_bytes: int, unit: int, level: int) -> tuple:
+    """`(stored bytes, codec, filter, crc32)` of a block of `rows` rows; stored raw when
+    compression does not make it smaller."""
+    raw = np.frombuffer(raw, np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1)
+    crc = zlib.crc32(raw)
+    if not raw.nbytes:
+        return raw, STORED_RAW, NONE, crc
+    f = choose_filter(raw, rows, row_bytes, unit, level)
+    stored = _compressor(level).compress(_apply(raw, rows, unit, f))
+    if len(stored) >= raw.nbytes:
+        return raw, STORED_RAW, NONE, crc
+    return stored, ZSTD, f, crc
+
+
+def decode_block(
+    stored, record, rows: int, row_bytes: int, unit: int, what: str = "a block"
+) -> np.ndarray:
+    """The raw bytes (uint8, maybe read-only) of a block of `rows` rows from its stored bytes;
+    any damage raises CorruptStoreError."""
+    size = rows * row_bytes
+    if record["codec"] == STORED_RAW:
+        # The record's filter is not applied: a block stored raw holds its raw bytes.
+        if len(stored) != size:
+            raise CorruptStoreError(f"{what} is stored raw in {len(stored)} bytes, not {size}")
+        raw = np.frombuffer(stored, np.uint8)
+    elif record["codec"] == ZSTD:
+        try:
+            # A damaged header could claim any size: check it before anything is allocated.
+            f = int(record["filter"])
+            want = filtered_size(size, unit, f)
+            claimed = zstandard.get_frame_parameters(stored).content_size
+            if claimed not in (want, zstandard.CONTENTSIZE_UNKNOWN):
+                raise CorruptStoreError(f"{what} claims {claimed} bytes, not {want}")
+            out = _decompressor().decompress(stored, max_output_size=want)
+        except zstandard.ZstdError as e:
+            raise CorruptStoreError(f"{what} does not decompress ({e})") from None
+        if len(out) != want:
+            raise CorruptStoreError(f"{what} decompresses to {len(out)} bytes, not {want}")
+        raw = _undo(np.frombuffer(out, np.uint8), rows, unit, f, size)
+    else:
+        raise CorruptStoreError(f"{what} has an unknown codec {int(record['codec'])}")
+    if zlib.crc32(raw) != int(record["crc32"]):
+        raise CorruptStoreError(f"{what} fails its CRC-32 check")
+    return raw
+
+
+def encode_rows(
+    data, rows: int, row_bytes: int, unit: int, level: int, block_rows: int, offset: int
+) -> tuple[list, np.ndarray]:
+    """`rows` rows of `data` encoded in blocks of `block_rows` rows: the blocks' stored bytes,
+    and their records placing them one after another from `offset`."""
+    data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+    records = np.zeros(block_count(rows, block_rows), RECORD)
+    chunks = []
+    for k in range(len(records)):
+        n = min(block_rows, rows - k * block_rows)
+        start = k * block_rows * row_bytes
+        stored, codec, f, crc = encode_block(
+            data[start : start + n * row_bytes], n, row_bytes, unit, level
+        )
+        records[k] = (offset, len(stored), crc, codec, f, 0)
+        offset += len(stored)
+        chunks.append(stored)
+    return chunks, records
+
+
+def compression_map(level: int, block_rows: int, records: np.ndarray) -> dict:
+    """The `compression` value of an array's metadata entry."""
+    return {"codec": CODEC, "level": level, "block_rows": block_rows, "blocks": pack(records)}
