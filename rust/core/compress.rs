@@ -237,52 +237,15 @@ fn undo(filtered: Vec<u8>, layout: Layout, filter: u8, raw_len: usize) -> Vec<u8
     raw
 }
 
-/// Transposes an 8x8 bit matrix: bit `c` of byte `r` becomes bit `r` of byte `c`.
-fn transpose8(mut x: u64) -> u64 {
-    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
-    x ^= t ^ (t << 7);
-    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
-    x ^= t ^ (t << 14);
-    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
-    x ^ t ^ (t << 28)
-}
-
-/// Bit plane `8j + b` holds bit `b` of byte `j` of every unit, eight units to a byte (unit
-/// `i` in bit `i % 8` of byte `i / 8`); a last partial group of units is padded with zeros.
-fn bitshuffle(src: &[u8], unit: usize) -> Vec<u8> {
-    let n = src.len() / unit;
-    let plane = n.div_ceil(8);
-    let mut out = vec![0u8; 8 * unit * plane];
-    let mut group = vec![0u8; 8 * unit];
-    for g in 0..plane {
-        let units = &src[g * 8 * unit..((g + 1) * 8 * unit).min(src.len())];
-        group[..units.len()].copy_from_slice(units);
-        group[units.len()..].fill(0);
-        for j in 0..unit {
-            let x = (0..8).fold(0u64, |x, r| x | (group[r * unit + j] as u64) << (8 * r));
-            for (b, byte) in transpose8(x).to_le_bytes().into_iter().enumerate() {
-                out[(8 * j + b) * plane + g] = byte;
-            }
+macro_rules! by_unit {
+    ($unit:expr, $f:ident, $($arg:expr),*) => {
+        match $unit {
+            1 => $f::<u8, 1>($($arg),*),
+            2 => $f::<u16, 2>($($arg),*),
+            4 => $f::<u32, 4>($($arg),*),
+            _ => $f::<u64, 8>($($arg),*),
         }
-    }
-    out
-}
-
-fn unbitshuffle(src: &[u8], unit: usize, raw_len: usize) -> Vec<u8> {
-    let plane = src.len() / (8 * unit);
-    let mut out = vec![0u8; 8 * unit * plane];
-    for g in 0..plane {
-        for j in 0..unit {
-            let x = (0..8).fold(0u64, |x, b| {
-                x | (src[(8 * j + b) * plane + g] as u64) << (8 * b)
-            });
-            for (r, byte) in transpose8(x).to_le_bytes().into_iter().enumerate() {
-                out[(g * 8 + r) * unit + j] = byte;
-            }
-        }
-    }
-    out.truncate(raw_len);
-    out
+    };
 }
 
 /// Byte `j` of unit `i` goes to `j * n + i` (n units in all).
@@ -314,15 +277,88 @@ fn unshuffle(src: &[u8], unit: usize) -> Vec<u8> {
     out
 }
 
-macro_rules! by_unit {
-    ($unit:expr, $f:ident, $($arg:expr),*) => {
-        match $unit {
-            1 => $f::<u8, 1>($($arg),*),
-            2 => $f::<u16, 2>($($arg),*),
-            4 => $f::<u32, 4>($($arg),*),
-            _ => $f::<u64, 8>($($arg),*),
+/// Transposes an 8x8 bit matrix: bit `c` of byte `r` becomes bit `r` of byte `c`.
+fn transpose8(mut x: u64) -> u64 {
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^ t ^ (t << 28)
+}
+
+/// Bit plane `8j + b` holds bit `b` of byte `j` of every unit, eight units to a byte (unit
+/// `i` in bit `i % 8` of byte `i / 8`); a last partial group of units is padded with zeros.
+fn bitshuffle(src: &[u8], unit: usize) -> Vec<u8> {
+    let plane = (src.len() / unit).div_ceil(8);
+    let mut out = vec![0u8; 8 * unit * plane];
+    by_unit!(unit, bitshuffle_units, src, &mut out, plane);
+    out
+}
+
+/// Groups of eight units transposed at a time: planes are far apart in memory, so each tile
+/// is gathered in a small buffer and copied out a cache line per plane.
+const TILE: usize = 64;
+
+fn bitshuffle_units<W, const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
+    let mut tile = [[0u8; TILE]; 64];
+    let mut tail = [0u8; 64];
+    for g0 in (0..plane).step_by(TILE) {
+        let len = TILE.min(plane - g0);
+        for (t, g) in (g0..g0 + len).enumerate() {
+            let group = match src.get(g * 8 * U..(g + 1) * 8 * U) {
+                Some(group) => group,
+                None => {
+                    // The last, partial group of units, padded with zero units.
+                    let rest = &src[g * 8 * U..];
+                    tail[..rest.len()].copy_from_slice(rest);
+                    tail[rest.len()..].fill(0);
+                    &tail[..8 * U]
+                }
+            };
+            for j in 0..U {
+                let mut x = 0u64;
+                for r in 0..8 {
+                    x |= (group[r * U + j] as u64) << (8 * r);
+                }
+                for (b, byte) in transpose8(x).to_le_bytes().into_iter().enumerate() {
+                    tile[8 * j + b][t] = byte;
+                }
+            }
         }
-    };
+        for (p, row) in tile.iter().take(8 * U).enumerate() {
+            out[p * plane + g0..p * plane + g0 + len].copy_from_slice(&row[..len]);
+        }
+    }
+}
+
+fn unbitshuffle(src: &[u8], unit: usize, raw_len: usize) -> Vec<u8> {
+    let plane = src.len() / (8 * unit);
+    let mut out = vec![0u8; 8 * unit * plane];
+    by_unit!(unit, unbitshuffle_units, src, &mut out, plane);
+    out.truncate(raw_len);
+    out
+}
+
+fn unbitshuffle_units<W, const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
+    let mut tile = [[0u8; TILE]; 64];
+    for g0 in (0..plane).step_by(TILE) {
+        let len = TILE.min(plane - g0);
+        for (p, row) in tile.iter_mut().take(8 * U).enumerate() {
+            row[..len].copy_from_slice(&src[p * plane + g0..p * plane + g0 + len]);
+        }
+        for (t, group) in out[g0 * 8 * U..(g0 + len) * 8 * U]
+            .chunks_exact_mut(8 * U)
+            .enumerate()
+        {
+            for j in 0..U {
+                let x = u64::from_le_bytes(std::array::from_fn(|b| tile[8 * j + b][t]));
+                for (r, byte) in transpose8(x).to_le_bytes().into_iter().enumerate() {
+                    group[r * U + j] = byte;
+                }
+            }
+        }
+    }
 }
 
 trait Word: Copy {
@@ -361,15 +397,13 @@ fn delta(buf: &mut [u8], layout: Layout) {
 }
 
 fn delta_words<W: Word, const U: usize>(buf: &mut [u8], row: usize) {
-    if row == 0 {
+    let width = row / U;
+    if width == 0 {
         return;
     }
-    let rows = buf.len() / row;
-    for r in (1..rows).rev() {
-        let (above, here) = buf[(r - 1) * row..(r + 1) * row].split_at_mut(row);
-        for (h, a) in here.chunks_exact_mut(U).zip(above.chunks_exact(U)) {
-            W::load(h).sub(W::load(a)).store(h);
-        }
+    let words: Vec<W> = buf.chunks_exact(U).map(W::load).collect();
+    for (i, c) in buf.chunks_exact_mut(U).enumerate().skip(width) {
+        words[i].sub(words[i - width]).store(c);
     }
 }
 
@@ -378,15 +412,16 @@ fn undelta(buf: &mut [u8], layout: Layout) {
 }
 
 fn undelta_words<W: Word, const U: usize>(buf: &mut [u8], row: usize) {
-    if row == 0 {
+    let width = row / U;
+    if width == 0 {
         return;
     }
-    let rows = buf.len() / row;
-    for r in 1..rows {
-        let (above, here) = buf[(r - 1) * row..(r + 1) * row].split_at_mut(row);
-        for (h, a) in here.chunks_exact_mut(U).zip(above.chunks_exact(U)) {
-            W::load(h).add(W::load(a)).store(h);
-        }
+    let mut words: Vec<W> = buf.chunks_exact(U).map(W::load).collect();
+    for i in width..words.len() {
+        words[i] = words[i].add(words[i - width]);
+    }
+    for (c, w) in buf.chunks_exact_mut(U).zip(words) {
+        w.store(c);
     }
 }
 
@@ -414,13 +449,14 @@ mod tests {
 
     #[test]
     fn bitshuffle_matches_its_definition() {
-        let src: Vec<u8> = (0..21u32).map(|i| (i * 89 + 7) as u8).collect(); // 7 units of 3
-        let out = bitshuffle(&src, 3);
-        let plane = 1;
-        for i in 0..7 {
-            for j in 0..3 {
+        let src: Vec<u8> = (0..22u32).map(|i| (i * 89 + 7) as u8).collect(); // 11 units of 2
+        let out = bitshuffle(&src, 2);
+        let plane = 2;
+        assert_eq!(out.len(), 2 * 8 * plane);
+        for i in 0..11 {
+            for j in 0..2 {
                 for b in 0..8 {
-                    let want = (src[i * 3 + j] >> b) & 1;
+                    let want = (src[i * 2 + j] >> b) & 1;
                     assert_eq!((out[(8 * j + b) * plane + i / 8] >> (i % 8)) & 1, want);
                 }
             }
