@@ -238,6 +238,14 @@ fn undo(filtered: Vec<u8>, layout: Layout, filter: u8, raw_len: usize) -> Vec<u8
 }
 
 macro_rules! by_unit {
+    (bytes $unit:expr, $f:ident, $($arg:expr),*) => {
+        match $unit {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
     ($unit:expr, $f:ident, $($arg:expr),*) => {
         match $unit {
             1 => $f::<u8, 1>($($arg),*),
@@ -292,7 +300,7 @@ fn transpose8(mut x: u64) -> u64 {
 fn bitshuffle(src: &[u8], unit: usize) -> Vec<u8> {
     let plane = (src.len() / unit).div_ceil(8);
     let mut out = vec![0u8; 8 * unit * plane];
-    by_unit!(unit, bitshuffle_units, src, &mut out, plane);
+    by_unit!(bytes unit, bitshuffle_units, src, &mut out, plane);
     out
 }
 
@@ -300,7 +308,7 @@ fn bitshuffle(src: &[u8], unit: usize) -> Vec<u8> {
 /// is gathered in a small buffer and copied out a cache line per plane.
 const TILE: usize = 64;
 
-fn bitshuffle_units<W, const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
+fn bitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
     let mut tile = [[0u8; TILE]; 64];
     let mut tail = [0u8; 64];
     for g0 in (0..plane).step_by(TILE) {
@@ -335,12 +343,12 @@ fn bitshuffle_units<W, const U: usize>(src: &[u8], out: &mut [u8], plane: usize)
 fn unbitshuffle(src: &[u8], unit: usize, raw_len: usize) -> Vec<u8> {
     let plane = src.len() / (8 * unit);
     let mut out = vec![0u8; 8 * unit * plane];
-    by_unit!(unit, unbitshuffle_units, src, &mut out, plane);
+    by_unit!(bytes unit, unbitshuffle_units, src, &mut out, plane);
     out.truncate(raw_len);
     out
 }
 
-fn unbitshuffle_units<W, const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
+fn unbitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
     let mut tile = [[0u8; TILE]; 64];
     for g0 in (0..plane).step_by(TILE) {
         let len = TILE.min(plane - g0);
