@@ -425,8 +425,20 @@ fn undelta_words<W: Word, const U: usize>(buf: &mut [u8], row: usize) {
         return;
     }
     let mut words: Vec<W> = buf.chunks_exact(U).map(W::load).collect();
-    for i in width..words.len() {
-        words[i] = words[i].add(words[i - width]);
+    if width == 1 {
+        // A running sum kept in a register: the loop then has no memory round trip.
+        let mut acc: Option<W> = None;
+        for w in &mut words {
+            *w = acc.map_or(*w, |a| a.add(*w));
+            acc = Some(*w);
+        }
+    } else {
+        for r in 1..words.len() / width {
+            let (above, here) = words[(r - 1) * width..(r + 1) * width].split_at_mut(width);
+            for (h, a) in here.iter_mut().zip(above.iter()) {
+                *h = h.add(*a);
+            }
+        }
     }
     for (c, w) in buf.chunks_exact_mut(U).zip(words) {
         w.store(c);
