@@ -424,24 +424,22 @@ fn undelta_words<W: Word, const U: usize>(buf: &mut [u8], row: usize) {
     if width == 0 {
         return;
     }
-    let mut words: Vec<W> = buf.chunks_exact(U).map(W::load).collect();
     if width == 1 {
         // A running sum kept in a register: the loop then has no memory round trip.
         let mut acc: Option<W> = None;
-        for w in &mut words {
-            *w = acc.map_or(*w, |a| a.add(*w));
-            acc = Some(*w);
+        for c in buf.chunks_exact_mut(U) {
+            let w = acc.map_or(W::load(c), |a| a.add(W::load(c)));
+            w.store(c);
+            acc = Some(w);
         }
-    } else {
-        for r in 1..words.len() / width {
-            let (above, here) = words[(r - 1) * width..(r + 1) * width].split_at_mut(width);
-            for (h, a) in here.iter_mut().zip(above.iter()) {
-                *h = h.add(*a);
-            }
-        }
+        return;
     }
-    for (c, w) in buf.chunks_exact_mut(U).zip(words) {
-        w.store(c);
+    let rows = buf.len() / row;
+    for r in 1..rows {
+        let (above, here) = buf[(r - 1) * row..(r + 1) * row].split_at_mut(row);
+        for (h, a) in here.chunks_exact_mut(U).zip(above.chunks_exact(U)) {
+            W::load(h).add(W::load(a)).store(h);
+        }
     }
 }
 
