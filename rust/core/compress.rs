@@ -192,14 +192,22 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Decompresses one frame of at most `capacity` bytes. The capacity comes from metadata that
+/// may lie, so it is reserved fallibly: a failure is an error, not an abort.
 fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(capacity)
+        .map_err(|_| std::io::Error::other(format!("cannot allocate {capacity} bytes")))?;
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
             *d = Some(zstd::bulk::Decompressor::new()?);
         }
-        d.as_mut().expect("set above").decompress(data, capacity)
-    })
+        d.as_mut()
+            .expect("set above")
+            .decompress_to_buffer(data, &mut out)
+    })?;
+    Ok(out)
 }
 
 /// Bytes a filter turns `raw_len` bytes into: bit planes round up to whole bytes.

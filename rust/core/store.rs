@@ -756,7 +756,16 @@ impl View {
         let mut start = 0;
         while start < self.shape[0] {
             let stop = (start + chunk_rows).min(self.shape[0]);
-            let mut raw = vec![0u8; (stop - start) as usize * self.row];
+            let len = (stop - start) as usize * self.row;
+            // The block size comes from metadata: allocate fallibly, never abort.
+            let mut raw = Vec::new();
+            raw.try_reserve_exact(len).map_err(|_| {
+                Error::Corrupt(format!(
+                    "{}: blocks of {len} bytes cannot be allocated",
+                    self.what
+                ))
+            })?;
+            raw.resize(len, 0);
             self.read(start, stop, &mut raw)?;
             let encoded = blocks::encode_rows(
                 &raw,
