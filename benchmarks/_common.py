@@ -8,12 +8,14 @@ import statistics
 import time
 
 
-def medians(fns: dict, repeat: int, setup=None) -> dict:
+def medians(fns: dict, repeat: int, setup=None, settle=None) -> dict:
     """Median wall time of each `fns[name]()` over `repeat` rounds.
 
     The functions run round-robin, one call each per round and in a rotating order, so drift
     in a shared machine's speed hits all of them alike. `setup()` runs untimed before each
-    call. The garbage collector is paused while timing.
+    call, `settle()` untimed after it: writers pass `os.sync`, so the writeback and file-system
+    journal work one call leaves behind is not billed to the next. The garbage collector is
+    paused while timing.
     """
     times = {name: [] for name in fns}
     names = list(fns)
@@ -30,16 +32,25 @@ def medians(fns: dict, repeat: int, setup=None) -> dict:
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+                if settle is not None:
+                    settle()
     finally:
         gc.enable()
     return {name: statistics.median(t) for name, t in times.items()}
 
 
 def compare(
-    op: str, baseline: str, base_fn, fns: dict, includes: str, repeat: int, setup=None
+    op: str,
+    baseline: str,
+    base_fn,
+    fns: dict,
+    includes: str,
+    repeat: int,
+    setup=None,
+    settle=None,
 ) -> dict:
     """One table row: the baseline and each of `fns` ({backend: fn}) timed round-robin."""
-    t = medians({"baseline": base_fn, **fns}, repeat, setup)
+    t = medians({"baseline": base_fn, **fns}, repeat, setup, settle)
     row = {
         "operation": op,
         "baseline": baseline,

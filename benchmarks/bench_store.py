@@ -44,7 +44,9 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
     npy = os.path.join(tmp, "a.npy")
     np.save(npy, arr)
     stores = {b: NumPack(os.path.join(tmp, b), backend=b) for b in backends}
-    for npk in stores.values():
+    durable = {b: NumPack(os.path.join(tmp, b + "-durable"), backend=b, durable=True)
+               for b in backends}  # fmt: skip
+    for npk in [*stores.values(), *durable.values()]:
         npk.save({"a": arr})
     new_rows = rng.standard_normal((k_small, cols), dtype=np.float32)
     cur = {}  # the random rows of the current call, drawn untimed by `draw`
@@ -67,6 +69,19 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
         m[idx(k_small)] = new_rows
         del m  # unmaps without msync, like numpack's replace without fsync
 
+    def npy_save_fsync():
+        with open(npy, "wb") as f:
+            np.save(f, arr)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+
+    def memmap_replace_msync():
+        m = np.load(npy, mmap_mode="r+")
+        m[idx(k_small)] = new_rows
+        m.flush()  # msync: the rows reach the disk
+        del m
+
     def npy_append():
         np.save(npy, np.concatenate([np.load(npy), new_rows]))
 
@@ -75,6 +90,22 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
 
     memmap = np.load(npy, mmap_mode="r")
     ops = [
+        (
+            "save, durable=True",
+            "np.save + fsync of the file and directory",
+            npy_save_fsync,
+            lambda n: durable[n.backend].save({"a": arr}),
+            "whole array, fsync of data, metadata and directory",
+            5,
+        ),
+        (
+            "replace 100 rows, durable=True",
+            "np.load(mmap_mode='r+') + assign + flush (msync)",
+            memmap_replace_msync,
+            lambda n: durable[n.backend].replace({"a": new_rows}, idx(k_small)),
+            "in place; fsync of undo journal, data, metadata and directory",
+            10,
+        ),
         (
             "save",
             "np.save",
@@ -144,17 +175,27 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
     for op, base_name, base_fn, npk_fn, includes, reps in ops:
         fns = {b: (lambda npk=npk, f=npk_fn: f(npk)) for b, npk in stores.items()}
         table.append(
-            compare(op, base_name, base_fn, fns, includes, max(3, reps * repeat // 5), draw)
+            compare(
+                op, base_name, base_fn, fns, includes, max(3, reps * repeat // 5), draw, os.sync
+            )
         )
         # The baseline's file and the stores grow or shrink; start each op from the same array.
         np.save(npy, arr)
         memmap = np.load(npy, mmap_mode="r")
-        for npk in stores.values():
+        for npk in [*stores.values(), *durable.values()]:
             npk.save({"a": arr})
-    for npk in stores.values():
+    for npk in [*stores.values(), *durable.values()]:
         npk.close()
     shutil.rmtree(tmp)
     return table
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def main(argv=None) -> None:

@@ -1,5 +1,6 @@
 """numpack: keep many large NumPy arrays on disk and change them in place."""
 
+from ._convert import export_npy, import_folder, import_npy, import_npz
 from ._errors import (
     ArrayNotFoundError,
     CorruptStoreError,
@@ -37,4 +38,8 @@ __all__ = [
     "StoreIOError",
     "StoreLockedError",
     "StreamLoader",
+    "export_npy",
+    "import_folder",
+    "import_npy",
+    "import_npz",
 ]

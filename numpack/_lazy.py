@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, Union, overload
 
 import numpy as np
+import numpy.typing as npt
 
-from . import _dtypes, _indexing
+from . import _dtypes, _indexing, _repr
 from ._errors import InvalidTypeError, RowIndexError
+
+if TYPE_CHECKING:
+    from types import EllipsisType
+
+# What selects rows: an int (the first axis is dropped), a slice, a list of ints, an integer
+# array or a boolean mask.
+RowIndex = Union[
+    SupportsIndex, slice, Sequence[int], npt.NDArray[np.integer[Any]], npt.NDArray[np.bool_]
+]
+# The row indexes that always select an array of rows (an int selects one row, which for a 1-D
+# array is a scalar). Like NumPy's own annotations, the overloads below give an ndarray for
+# these and Any for the rest.
+RowsIndex = Union[slice, list[int], npt.NDArray[np.integer[Any]], npt.NDArray[np.bool_]]
 
 
 def as_bytes(arr: np.ndarray) -> np.ndarray:
@@ -34,11 +49,21 @@ class LazyArray:
     saved over or dropped afterwards, do not change what it shows (it keeps the old file).
     """
 
-    def __init__(self, view, path: str, name: str, backend: str):
+    def __init__(
+        self,
+        view: Any,
+        path: str,
+        name: str,
+        backend: str,
+        compression: dict[str, Any] | None = None,
+    ) -> None:
         self._view = view
         self._path, self._name, self._backend = path, name, backend
-        self.dtype = _dtypes.native(view.dtype)
-        self.shape = tuple(view.shape)
+        # The array's compression facts (an entry of Store.entries()), None for a raw array;
+        # only the reprs use them.
+        self._compression = compression
+        self.dtype: np.dtype[Any] = _dtypes.native(view.dtype)
+        self.shape: tuple[int, ...] = tuple(view.shape)
 
     # -- array attributes ---------------------------------------------------------------
 
@@ -83,13 +108,21 @@ class LazyArray:
                 self._view.gather(sel, as_bytes(out))
         return out
 
-    def rows(self, index) -> np.ndarray:
+    @overload
+    def rows(self, index: RowsIndex) -> npt.NDArray[Any]: ...
+    @overload
+    def rows(self, index: SupportsIndex | Sequence[int]) -> Any: ...
+    def rows(self, index: RowIndex) -> Any:
         """Rows selected by a row index (int, slice, list, int array, mask), read into memory."""
         sel, scalar = _indexing.rows(index, self.shape[0], self._name)
         out = self._read(sel)
         return out[0] if scalar else out
 
-    def __getitem__(self, key) -> np.ndarray:
+    @overload
+    def __getitem__(self, key: RowsIndex) -> npt.NDArray[Any]: ...
+    @overload
+    def __getitem__(self, key: SupportsIndex | tuple[Any, ...] | EllipsisType | None) -> Any: ...
+    def __getitem__(self, key: Any) -> Any:
         key = key if isinstance(key, tuple) else (key,)
         pos, first = _first_axis(key, self.ndim)
         if pos is None or _is_basic(first):
@@ -149,7 +182,9 @@ class LazyArray:
             raise AttributeError("__array_interface__: dropped rows leave no single mapping")
         return mapped.__array_interface__
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    def __array__(
+        self, dtype: npt.DTypeLike | None = None, copy: bool | None = None
+    ) -> npt.NDArray[Any]:
         arr = self._mapped() if copy is not True else None
         if arr is None:
             if copy is False:
@@ -163,30 +198,30 @@ class LazyArray:
             arr = arr.astype(dtype)
         return arr
 
-    def reshape(self, *shape, order: str = "C") -> np.ndarray:
+    def reshape(self, *shape: Any, order: Literal["C", "F", "A"] = "C") -> npt.NDArray[Any]:
         """`np.asarray(self).reshape(...)`: a view of the mapping when one is possible."""
         return np.asarray(self).reshape(*shape, order=order)
 
-    def __matmul__(self, other):
+    def __matmul__(self, other: npt.ArrayLike) -> Any:
         return np.asarray(self) @ other
 
-    def __rmatmul__(self, other):
+    def __rmatmul__(self, other: npt.ArrayLike) -> Any:
         return other @ np.asarray(self)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[Any]:
         step = max(1, (1 << 22) // max(1, self.nbytes // max(1, len(self))))
         for start in range(0, len(self), step):
             yield from self._read(slice(start, min(start + step, len(self))))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
         return _reopen, (self._path, self._name, self._backend)
 
     def __repr__(self) -> str:
-        dropped = f", rows_dropped={self._view.dropped}" if self._view.dropped else ""
-        return (
-            f"LazyArray({self._name!r}, shape={self.shape}, dtype={self.dtype}{dropped}, "
-            f"path={self._path!r}, backend={self._backend!r})"
-        )
+        return _repr.lazy_repr(self)
+
+    def _repr_html_(self) -> str:
+        """Shape, dtype, compression, source, and the first and last rows (only those read)."""
+        return _repr.lazy_html(self)
 
 
 def _is_basic(index) -> bool:

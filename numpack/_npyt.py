@@ -23,8 +23,10 @@ import time
 import uuid
 import weakref
 from pathlib import Path
+from typing import Any, SupportsIndex
 
 import numpy as np
+import numpy.typing as npt
 
 from ._errors import (
     CorruptStoreError,
@@ -444,7 +446,9 @@ class NPYT:
     are views of the file (no copy) except `pop`, which returns a copy.
     """
 
-    def __init__(self, filename, dtype=None):
+    def __init__(
+        self, filename: str | os.PathLike[str], dtype: npt.DTypeLike | None = None
+    ) -> None:
         try:
             self._path = Path(os.fspath(filename))
         except TypeError:
@@ -551,7 +555,7 @@ class NPYT:
     def __enter__(self) -> NPYT:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -605,8 +609,8 @@ class NPYT:
 
     # -- creating and growing -----------------------------------------------------------------
 
-    def save(self, array=None, capacity: int = 0, end: int | None = None,
-             skip_if_exists: bool = True) -> NPYT:  # fmt: skip
+    def save(self, array: npt.ArrayLike | None = None, capacity: int = 0,
+             end: int | None = None, skip_if_exists: bool = True) -> NPYT:  # fmt: skip
         """Create the file with `array` (None: no rows; needs `dtype`) and room for `capacity`
         rows; `end` rows of it count as data (None: all). Existing files are kept when
         `skip_if_exists`, else replaced atomically. Call load() afterwards."""
@@ -675,7 +679,7 @@ class NPYT:
             os.ftruncate(fd, pos + TAIL_SIZE)
         self._map()
 
-    def append(self, array) -> int:
+    def append(self, array: npt.ArrayLike) -> int:
         """Add rows at `end` if they all fit; returns 0, or the number of rows when they do not
         (then nothing is written)."""
         self._need_writer()
@@ -689,7 +693,7 @@ class NPYT:
         self._publish(end=end + n)  # only now can readers see them
         return 0
 
-    def expend(self, array) -> bool:
+    def expend(self, array: npt.ArrayLike) -> bool:
         """append() that grows the file when full (npyt's spelling; `extend` is the same).
 
         Growth at least doubles the capacity, so a long series of appends moves the tail only
@@ -722,7 +726,7 @@ class NPYT:
         self._sync()
         return self._a[max(self._start, self._end - n) : self._end]
 
-    def at(self, index: int):
+    def at(self, index: SupportsIndex) -> Any:
         """Row `index` of data(); negative counts from the end."""
         try:
             i = operator.index(index)
@@ -791,7 +795,7 @@ class NPYT:
 
     # -- the numbers ---------------------------------------------------------------------------
 
-    def info(self):
+    def info(self) -> tuple[int, int, int, int, int] | None:
         """The tail: (start, end, timestamp_ns, data_offset, magic); None before load()."""
         if self._mode is None:
             return None
@@ -847,7 +851,7 @@ class NPYT:
             raise
         return guard
 
-    def backup(self, to_path, resize: bool = False) -> Path:
+    def backup(self, to_path: str | os.PathLike[str], resize: bool = False) -> Path:
         """Copy the file as of now to `to_path` (a directory when it has no suffix); with
         `resize`, only data() is kept, with no spare room. Returns the new file's path."""
         self._sync()
@@ -867,7 +871,7 @@ class NPYT:
         write_new_file(path, self._dt, self._rs, rows, cap, start, end)
         return path
 
-    def rename(self, name) -> bool:
+    def rename(self, name: str | os.PathLike[str]) -> bool:
         """Move the file to `name` (replacing a file there); the object follows it."""
         dest = Path(os.fspath(name))
         guard = self._exclusive()
@@ -899,7 +903,7 @@ class NPYT:
         self.close()
         return True
 
-    def merge(self, other) -> bool:
+    def merge(self, other: NPYT | str | os.PathLike[str]) -> bool:
         """Append all of `other` (an NPYT or a path) and delete it. Returns True."""
         if not isinstance(other, NPYT):
             other = NPYT(other)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, SupportsIndex, TypeVar, cast, overload
 
 import numpy as np
+import numpy.typing as npt
 
-from . import _backend, _dtypes, _indexing
+from . import _backend, _dtypes, _indexing, _progress, _repr
 from ._errors import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -17,14 +19,16 @@ from ._errors import (
     StoreClosedError,
     StoreIOError,
 )
-from ._lazy import LazyArray, as_bytes
+from ._lazy import LazyArray, RowIndex, RowsIndex, as_bytes
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _os_errors(method):
+def _os_errors(method: _F) -> _F:
     """Report operating-system errors as StoreIOError, so every error is a NumPackError."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except NumPackError:
@@ -32,7 +36,7 @@ def _os_errors(method):
         except OSError as e:
             raise StoreIOError(e.errno, e.strerror or str(e), e.filename) from e
 
-    return wrapper
+    return cast(_F, wrapper)
 
 
 def _check_name(name) -> str:
@@ -88,20 +92,26 @@ class NumPack:
 
     `backend` is "rust", "python" or None (the NUMPACK_BACKEND environment variable, else rust
     when the extension imports). `lock_timeout` is how long, in seconds, a call that writes waits
-    for another process's write lock before raising StoreLockedError.
+    for another process's write lock before raising StoreLockedError. With `durable=True` every
+    call that writes fsyncs its data, the undo journal, the metadata and the directory before it
+    returns, so a power loss cannot undo or tear it; by default nothing is fsynced (as np.save),
+    which survives a killed process but not a power loss.
     """
 
     def __init__(
         self,
-        filename,
+        filename: str | os.PathLike[str],
         drop_if_exists: bool = False,
         backend: str | None = None,
         lock_timeout: float = 10.0,
-    ):
+        durable: bool = False,
+    ) -> None:
         self.backend, module = _backend.load(backend)
         self._path = os.path.abspath(os.fspath(filename))
+        if not isinstance(durable, bool):
+            raise InvalidTypeError(f"durable must be a bool, got {durable!r}")
         try:
-            self._store = module.Store(self._path, float(lock_timeout))
+            self._store = module.Store(self._path, float(lock_timeout), durable)
         except NumPackError:
             raise
         except OSError as e:
@@ -122,7 +132,7 @@ class NumPack:
     def path(self) -> str:
         return self._path
 
-    def _shape(self, name: str) -> tuple:
+    def _shape(self, name: str) -> tuple[int, ...]:
         """The logical shape of an array."""
         return tuple(self._s.info(_check_name(name))[1])
 
@@ -131,26 +141,37 @@ class NumPack:
     @_os_errors
     def save(
         self,
-        arrays: Mapping,
+        arrays: Mapping[str, npt.ArrayLike],
         compress: bool = False,
         compression_level: int | None = None,
         block_rows: int | None = None,
+        *,
+        progress: bool = False,
     ) -> None:
         """Create or overwrite whole arrays, all in one atomic step.
 
         With `compress=True` each array is stored as independently zstd-compressed blocks of
         `block_rows` rows (default: about 1 MiB of raw data a block) at `compression_level`
         (default 3), which reads, gathers and writes still reach block by block.
+
+        `progress=True` shows a tqdm bar (when tqdm is installed; otherwise nothing) of one
+        step per array as it is brought to the on-disk form (little-endian, C order), then
+        one step for writing and committing them all. The save stays a single atomic commit,
+        so that last step, where the bytes are written (and compressed), is one tick.
         """
         level = _compression(compress, compression_level, block_rows)
+        arrays = _check_arrays(arrays, "save")
         items = []
-        for name, arr in _check_arrays(arrays, "save").items():
-            a = _dtypes.to_disk(arr, name)
-            items.append((name, a.dtype.str, a.shape, as_bytes(a)))
-        self._s.save(items, level, block_rows)
+        with _progress.bar(progress, len(arrays) + 1, "numpack save", unit="step") as bar:
+            for name, arr in arrays.items():
+                a = _dtypes.to_disk(arr, name)
+                items.append((name, a.dtype.str, a.shape, as_bytes(a)))
+                bar.update(1)
+            self._s.save(items, level, block_rows)
+            bar.update(1)
 
     @_os_errors
-    def append(self, arrays: Mapping) -> None:
+    def append(self, arrays: Mapping[str, npt.ArrayLike]) -> None:
         """Add rows at the end of arrays, in place; an array that does not exist is created."""
         items = []
         names = set(self._s.names())
@@ -164,7 +185,7 @@ class NumPack:
         self._s.append(items)
 
     @_os_errors
-    def replace(self, arrays: Mapping, indexes) -> None:
+    def replace(self, arrays: Mapping[str, npt.ArrayLike], indexes: RowIndex) -> None:
         """Overwrite rows in place: `arrays[name]` holds the new rows for `indexes`."""
         items = []
         for name, arr in _check_arrays(arrays, "replace").items():
@@ -183,7 +204,7 @@ class NumPack:
         self._s.replace(items)
 
     @_os_errors
-    def drop(self, name, indexes=None) -> None:
+    def drop(self, name: str | Sequence[str], indexes: RowIndex | None = None) -> None:
         """Delete whole arrays (`name` a str or a list of them), or rows of one array."""
         if indexes is None:
             self._s.drop_arrays(_names(name))
@@ -197,9 +218,35 @@ class NumPack:
         self._s.drop_rows(name, np.unique(sel))
 
     @_os_errors
-    def compact(self, name=None) -> None:
-        """Reclaim the space of dropped rows (of one array, a list, or all of them)."""
-        self._s.compact(None if name is None else _names(name))
+    def compact(self, name: str | Sequence[str] | None = None, *, progress: bool = False) -> None:
+        """Reclaim the space of dropped rows (of one array, a list, or all of them).
+
+        `progress=True` shows a tqdm bar (when tqdm is installed; otherwise nothing) over the
+        bytes on disk of the arrays that need rewriting; it then compacts them one array (and
+        one commit) at a time, which changes no values, so no reader can tell the difference.
+        """
+        names = None if name is None else _names(name)
+        if not _progress.check(progress):
+            self._s.compact(names)
+            return
+        entries = {e[0]: e for e in self._s.entries()}
+        if names is None:  # the arrays with something to reclaim; the final call sweeps
+            todo = [
+                n
+                for n, e in entries.items()
+                if e[3] or (e[7] is not None and e[6] > e[7].get("stored_bytes", e[6]))
+            ]
+        else:
+            for n in names:  # every name exists, or nothing is compacted
+                self._s.info(n)
+            todo = list(dict.fromkeys(names))
+        total = sum(entries[n][6] for n in todo if n in entries)
+        with _progress.bar(True, total, "numpack compact") as bar:
+            for n in todo:
+                self._s.compact([n])
+                bar.update(entries[n][6] if n in entries else 0)
+            if names is None:
+                self._s.compact(None)
 
     @_os_errors
     def reset(self) -> None:
@@ -208,14 +255,32 @@ class NumPack:
 
     # -- reads ------------------------------------------------------------------------------
 
+    @overload
+    def load(self, name: str, lazy: Literal[False] = ...) -> npt.NDArray[Any]: ...
+    @overload
+    def load(self, name: str, lazy: Literal[True]) -> LazyArray: ...
+    @overload
+    def load(self, name: str, lazy: bool = ...) -> npt.NDArray[Any] | LazyArray: ...
     @_os_errors
-    def load(self, name: str, lazy: bool = False):
+    def load(self, name: str, lazy: bool = False) -> npt.NDArray[Any] | LazyArray:
         """The whole array: an ndarray that owns its memory, or a LazyArray (nothing read yet)."""
-        lz = LazyArray(self._s.view(_check_name(name)), self._path, name, self.backend)
-        return lz if lazy else lz.to_numpy()
+        view = self._s.view(_check_name(name))
+        if not lazy:
+            return LazyArray(view, self._path, name, self.backend).to_numpy()
+        compression = None
+        if view.buffer() is None:  # compressed, dropped rows or empty: ask the metadata
+            for e in self._s.entries():
+                if e[0] == name:
+                    compression = e[7]
+                    break
+        return LazyArray(view, self._path, name, self.backend, compression)
 
+    @overload
+    def getitem(self, name: str, indexes: RowsIndex) -> npt.NDArray[Any]: ...
+    @overload
+    def getitem(self, name: str, indexes: SupportsIndex | Sequence[int]) -> Any: ...
     @_os_errors
-    def getitem(self, name: str, indexes) -> np.ndarray:
+    def getitem(self, name: str, indexes: RowIndex) -> Any:
         """Rows of an array, gathered in the order of `indexes` (an int drops the first axis)."""
         return LazyArray(self._s.view(_check_name(name)), self._path, name, self.backend).rows(
             indexes
@@ -231,15 +296,19 @@ class NumPack:
         view = self._s.view(_check_name(name))
         return StreamLoader(LazyArray(view, self._path, name, self.backend), int(buffer_size))
 
+    @overload
+    def get_shape(self, name: None = None) -> dict[str, tuple[int, ...]]: ...
+    @overload
+    def get_shape(self, name: str) -> tuple[int, ...]: ...
     @_os_errors
-    def get_shape(self, name: str | None = None):
+    def get_shape(self, name: str | None = None) -> dict[str, tuple[int, ...]] | tuple[int, ...]:
         """The shape of one array, or {name: shape} of all."""
         if name is None:
             return {e[0]: tuple(e[2]) for e in self._s.entries()}
         return self._shape(name)
 
     @_os_errors
-    def get_member_list(self) -> list:
+    def get_member_list(self) -> list[str]:
         return list(self._s.names())
 
     @_os_errors
@@ -248,7 +317,7 @@ class NumPack:
         return self._s.info(_check_name(name))[2]
 
     @_os_errors
-    def get_metadata(self) -> dict:
+    def get_metadata(self) -> dict[str, Any]:
         """A plain dict describing the store and each array."""
         arrays = {}
         for name, dtype, shape, dropped, modified, file, disk, comp in self._s.entries():
@@ -269,7 +338,7 @@ class NumPack:
     def has_array(self, name: str) -> bool:
         return _check_name(name) in self._s.names()
 
-    def __contains__(self, name) -> bool:
+    def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.has_array(name)
 
     def __len__(self) -> int:
@@ -278,7 +347,7 @@ class NumPack:
     def __iter__(self) -> Iterator[str]:
         return iter(self.get_member_list())
 
-    def __getitem__(self, name: str) -> np.ndarray:
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
         return self.load(name)
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -292,26 +361,30 @@ class NumPack:
     def __enter__(self) -> NumPack:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        if self._store is None:
-            return f"NumPack({self._path!r}, closed)"
-        shapes = ", ".join(f"{n}: {s}" for n, s in self.get_shape().items())
-        return f"NumPack({self._path!r}, backend={self.backend!r}, arrays={{{shapes}}})"
+        """One line: path, backend, how many arrays, and the first few (name, shape, dtype,
+        "zstd" when compressed)."""
+        return _repr.store_repr(self)
+
+    def _repr_html_(self) -> str:
+        """For Jupyter: a table of the arrays (name, shape, dtype, size on disk, compression
+        ratio, rows dropped, modified time)."""
+        return _repr.store_html(self)
 
 
 class StreamLoader:
     """Batches of rows of one array; has a length, so progress bars can show a total."""
 
-    def __init__(self, lazy: LazyArray, batch: int):
+    def __init__(self, lazy: LazyArray, batch: int) -> None:
         self._lazy, self._batch = lazy, batch
 
     def __len__(self) -> int:
         return -(-len(self._lazy) // self._batch)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[npt.NDArray[Any]]:
         n, b = len(self._lazy), self._batch
         for start in range(0, n, b):
             yield self._lazy.rows(slice(start, start + b))

@@ -3,3 +3,6 @@
 
 pub mod core;
 mod python;
+
+// What `cargo run --bin stub_gen` writes into stubs/ (see stubs/README.md).
+pyo3_stub_gen::define_stub_info_gatherer!(stub_info);

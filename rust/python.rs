@@ -10,6 +10,7 @@ use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, import_exception};
+use pyo3_stub_gen::derive::{gen_stub_pyclass, gen_stub_pymethods};
 
 use crate::core::format::Compressed;
 use crate::core::{self, compress, Error, Item, Replacement};
@@ -87,6 +88,7 @@ fn unreadable_compression(py: Python<'_>, e: &core::format::Entry) -> PyResult<P
 }
 
 /// A NumPack store directory (the rust backend of `numpack.NumPack`).
+#[gen_stub_pyclass]
 #[pyclass(frozen, module = "numpack._core")]
 struct Store {
     inner: Mutex<Option<core::Store>>,
@@ -125,14 +127,16 @@ fn items<'a>(args: &'a ItemArgs) -> PyResult<Vec<Item<'a>>> {
         .collect()
 }
 
+#[gen_stub_pymethods]
 #[pymethods]
 impl Store {
     #[new]
-    fn new(py: Python<'_>, path: PathBuf, lock_timeout: f64) -> PyResult<Self> {
+    #[pyo3(signature = (path, lock_timeout, durable=false))]
+    fn new(py: Python<'_>, path: PathBuf, lock_timeout: f64, durable: bool) -> PyResult<Self> {
         let timeout = Duration::try_from_secs_f64(lock_timeout.max(0.0))
             .map_err(|e| InvalidArgumentError::new_err(format!("lock_timeout: {e}")))?;
         let store = py
-            .detach(|| core::Store::open(&path, timeout))
+            .detach(|| core::Store::open(&path, timeout, durable))
             .map_err(to_py)?;
         Ok(Store {
             inner: Mutex::new(Some(store)),
@@ -147,6 +151,7 @@ impl Store {
         self.with(py, |s| s.names())
     }
 
+    #[gen_stub(override_return_type(type_repr = "tuple[builtins.str, tuple[builtins.int, ...], builtins.int]", imports = ("builtins")))]
     fn info<'py>(
         &self,
         py: Python<'py>,
@@ -157,6 +162,7 @@ impl Store {
     }
 
     #[allow(clippy::type_complexity)]
+    #[gen_stub(override_return_type(type_repr = "builtins.list[tuple[builtins.str, builtins.str, tuple[builtins.int, ...], builtins.int, builtins.int, builtins.str, builtins.int, dict[builtins.str, typing.Any] | None]]", imports = ("builtins", "typing")))]
     fn entries<'py>(
         &self,
         py: Python<'py>,
@@ -263,11 +269,13 @@ impl Store {
 }
 
 /// A snapshot of one array (see `numpack._backend`).
+#[gen_stub_pyclass]
 #[pyclass(frozen, module = "numpack._core")]
 struct View {
     inner: Arc<core::View>,
 }
 
+#[gen_stub_pymethods]
 #[pymethods]
 impl View {
     #[getter]
@@ -276,6 +284,7 @@ impl View {
     }
 
     #[getter]
+    #[gen_stub(override_return_type(type_repr = "tuple[builtins.int, ...]", imports = ("builtins")))]
     fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, &self.inner.shape)
     }
@@ -321,13 +330,27 @@ impl View {
 }
 
 /// Exports a view's mapping through the buffer protocol; it keeps the mapping alive.
+#[gen_stub_pyclass]
 #[pyclass(frozen, module = "numpack._core")]
 struct Buffer {
     view: Arc<core::View>,
 }
 
+// The stub of what CPython makes of `__getbuffer__` (`__buffer__`, from Python 3.12 on), which
+// `#[gen_stub(skip)]` leaves out because of its raw pointers.
+pyo3_stub_gen::inventory::submit! {
+    pyo3_stub_gen::derive::gen_methods_from_python! {
+        r#"
+        class Buffer:
+            def __buffer__(self, flags: builtins.int, /) -> builtins.memoryview: ...
+        "#
+    }
+}
+
+#[gen_stub_pymethods]
 #[pymethods]
 impl Buffer {
+    #[gen_stub(skip)]
     unsafe fn __getbuffer__(
         slf: Bound<'_, Self>,
         view: *mut ffi::Py_buffer,

@@ -16,7 +16,7 @@ def write_all(fd: int, data, offset: int | None = None) -> None:
             offset += n
 
 
-def write_new(path: str, chunks: Iterable) -> None:
+def write_new(path: str, chunks: Iterable, durable: bool = False) -> None:
     """Create `path` holding the `chunks` of bytes; on failure, leave no file behind.
 
     A file of that name can only be a leftover of an interrupted call: it is unlinked rather
@@ -27,11 +27,22 @@ def write_new(path: str, chunks: Iterable) -> None:
     try:
         for chunk in chunks:
             write_all(fd, chunk)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         remove(path)
         raise
     os.close(fd)
+
+
+def sync(path: str) -> None:
+    """fsync a file or a directory (its entries) by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove(path: str) -> None:

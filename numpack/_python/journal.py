@@ -19,10 +19,11 @@ NAME = "numpack.undo"
 _MAGIC = b"NPKUNDO1"
 
 
-def write(directory: str, sections) -> None:
+def write(directory: str, sections, durable: bool = False) -> None:
     """Write the journal of `sections`, each `(file, R, physical rows, old rows)`.
 
-    It is written under a temporary name and renamed, so a journal that exists is whole.
+    It is written under a temporary name and renamed, so a journal that exists is whole; with
+    `durable` it is on disk before the caller touches the data it protects.
     """
 
     def chunks():
@@ -35,8 +36,10 @@ def write(directory: str, sections) -> None:
             yield old
 
     tmp = os.path.join(directory, NAME + ".tmp")
-    files.write_new(tmp, chunks())
+    files.write_new(tmp, chunks(), durable=durable)
     os.replace(tmp, os.path.join(directory, NAME))
+    if durable:
+        files.sync(directory)
 
 
 def recover(directory: str, path: str) -> None:

@@ -180,8 +180,10 @@ class Store:
     """A store directory: reads take no lock; each writing call holds the write lock and
     commits once. One thread at a time per Store."""
 
-    def __init__(self, path: str, lock_timeout: float):
+    def __init__(self, path: str, lock_timeout: float, durable: bool = False):
         self._path = path
+        # fsync data, journal, metadata and directory at each commit (power-loss durability).
+        self._durable = durable
         if os.path.exists(path) and not os.path.isdir(path):
             raise InvalidArgumentError(f"{path} is not a directory")
         os.makedirs(path, exist_ok=True)
@@ -261,9 +263,18 @@ class Store:
     def _commit(self, meta: fmt.Metadata) -> None:
         """Write the metadata beside metadata.npkm and rename it over: the commit point."""
         raw = fmt.encode(meta)
+        if self._durable:
+            # Every data file this call wrote reaches the disk before the metadata naming it.
+            arrays = self._meta.arrays if self._meta is not None else []
+            old = {e.name: (e.file, e.modified_us, e.shape) for e in arrays}
+            for e in meta.arrays:
+                if old.get(e.name) != (e.file, e.modified_us, e.shape):
+                    files.sync(self._join(e.file))
         tmp = self._join(f"{METADATA}.{os.getpid()}.tmp")
-        files.write_new(tmp, [raw])
+        files.write_new(tmp, [raw], durable=self._durable)
         os.replace(tmp, self._meta_path)
+        if self._durable:
+            files.sync(self._path)
         # No stat, which could fail after the commit; the next call reads the file once.
         self._remember(meta, raw, None)
 
@@ -495,7 +506,7 @@ class Store:
                 writes.append((e, physical, src, data))
             if not writes:
                 return
-            journal.write(self._path, sections)
+            journal.write(self._path, sections, self._durable)
             for e, physical, src, data in writes:
                 self._write_rows(e, physical, src, data)
             change.retired.append(journal.NAME)  # deleted after the commit, under the lock

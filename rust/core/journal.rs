@@ -19,8 +19,9 @@ pub struct Section<'a> {
     pub old: &'a [u8],
 }
 
-/// Writes the journal under a temporary name and renames it into place.
-pub fn write(dir: &Path, sections: &[Section]) -> Result<()> {
+/// Writes the journal under a temporary name and renames it into place; with `durable`, it is
+/// on disk before the caller touches the data it protects.
+pub fn write(dir: &Path, sections: &[Section], durable: bool) -> Result<()> {
     let mut buf = MAGIC.to_vec();
     for s in sections {
         let put = |buf: &mut Vec<u8>, v: u64| buf.extend_from_slice(&v.to_le_bytes());
@@ -34,8 +35,15 @@ pub fn write(dir: &Path, sections: &[Section]) -> Result<()> {
         buf.extend_from_slice(s.old);
     }
     let tmp = dir.join(format!("{FILE}.tmp"));
-    File::create(&tmp)?.write_all(&buf)?;
+    let mut f = File::create(&tmp)?;
+    f.write_all(&buf)?;
+    if durable {
+        f.sync_all()?;
+    }
     fs::rename(&tmp, dir.join(FILE))?;
+    if durable {
+        super::store::sync_dir(dir)?;
+    }
     Ok(())
 }
 

@@ -46,6 +46,8 @@ pub struct Store {
     dir: PathBuf,
     lock_file: File,
     timeout: Duration,
+    /// fsync data, journal, metadata and directory at each commit (power-loss durability).
+    durable: bool,
     meta: Metadata,
     stamp: Option<Stamp>,
     maps: HashMap<String, Arc<Mmap>>,
@@ -55,7 +57,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(dir: &Path, timeout: Duration) -> Result<Self> {
+    pub fn open(dir: &Path, timeout: Duration, durable: bool) -> Result<Self> {
         if dir.exists() && !dir.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "{} is not a directory",
@@ -73,6 +75,7 @@ impl Store {
             dir: dir.to_path_buf(),
             lock_file,
             timeout,
+            durable,
             meta: Metadata::empty(),
             stamp: None,
             maps: HashMap::new(),
@@ -137,12 +140,30 @@ impl Store {
 
     /// Replaces the metadata file atomically: the commit point of every call.
     fn commit(&mut self, meta: Metadata) -> Result<()> {
+        if self.durable {
+            // Every data file this call wrote reaches the disk before the metadata naming it.
+            for e in &meta.arrays {
+                let old = self.meta.find(&e.name);
+                if old.is_none_or(|o| {
+                    (&o.file, o.modified_us, &o.shape) != (&e.file, e.modified_us, &e.shape)
+                }) {
+                    File::open(self.dir.join(&e.file))?.sync_all()?;
+                }
+            }
+        }
         let tmp = self
             .dir
             .join(format!("{METADATA}.{}.tmp", std::process::id()));
-        File::create(&tmp)?.write_all(&meta.encode())?;
+        let mut f = File::create(&tmp)?;
+        f.write_all(&meta.encode())?;
+        if self.durable {
+            f.sync_all()?;
+        }
         let path = self.dir.join(METADATA);
         fs::rename(&tmp, &path)?;
+        if self.durable {
+            sync_dir(&self.dir)?;
+        }
         let st = fs::metadata(&path)?;
         self.stamp = Some((st.dev(), st.ino(), st.size(), st.mtime(), st.mtime_nsec()));
         self.meta = meta;
@@ -457,7 +478,7 @@ impl Store {
             if sections.is_empty() {
                 return s.commit(meta);
             }
-            journal::write(&s.dir, &sections)?;
+            journal::write(&s.dir, &sections, s.durable)?;
             let written = (|| {
                 for (p, file, row, physical, _, data) in &plans {
                     if physical.is_empty() {
@@ -639,6 +660,11 @@ fn append_to(path: &Path, encoded: Vec<compress::Encoded>) -> Result<Vec<compres
     let mut file = OpenOptions::new().write(true).open(path)?;
     let at = file.seek(std::io::SeekFrom::End(0))?;
     blocks::write(&mut file, at, encoded)
+}
+
+/// Makes a directory's entries (created, renamed files) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    Ok(File::open(dir)?.sync_all()?)
 }
 
 fn now_us() -> i64 {
