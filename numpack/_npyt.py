@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import errno
 import functools
+import math
 import mmap
 import operator
 import os
@@ -310,7 +311,8 @@ class Header:
     def __init__(self, version, offset, dtype, capacity, row_shape):
         self.version, self.offset, self.dtype = version, offset, dtype
         self.capacity, self.row_shape = capacity, row_shape
-        self.row_bytes = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        # Python integers: a lying header's dimensions must not wrap around as int64 would.
+        self.row_bytes = dtype.itemsize * math.prod(row_shape)
 
     def tail_pos(self, capacity: int | None = None) -> int:
         return self.offset + (self.capacity if capacity is None else capacity) * self.row_bytes
@@ -334,7 +336,11 @@ def read_header(fd: int, name) -> Header:
         dt, shape = _parse_header(raw, version)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
         raise CorruptStoreError(f"{name}: unreadable .npy header ({e})") from None
-    return Header(version, start + hlen, dt, shape[0], shape[1:])
+    h = Header(version, start + hlen, dt, shape[0], shape[1:])
+    if h.tail_pos() + TAIL_SIZE > _MAX_FILE:
+        # No file is that long: the header lies (and its offsets would not fit an off_t).
+        raise CorruptStoreError(f"{name}: the .npy header's shape {shape} is impossibly large")
+    return h
 
 
 @functools.lru_cache(maxsize=256)  # NPY8 opens file after file with the same header
@@ -425,6 +431,10 @@ def count_arg(value, what: str, default=None) -> int:
 
 class _Retry(Exception):
     """The header and tail disagree for now: a writer is moving the tail."""
+
+
+# Sizes and offsets of a file are signed 64-bit (off_t).
+_MAX_FILE = 2**63 - 1
 
 
 # -- NPYT -----------------------------------------------------------------------------------

@@ -71,8 +71,10 @@ def _compression(compress, level, block_rows) -> int | None:
         if level is not None or block_rows is not None:
             raise InvalidArgumentError("compression_level and block_rows need compress=True")
         return None
-    if block_rows is not None and block_rows < 1:
-        raise InvalidArgumentError(f"block_rows must be at least 1, got {block_rows}")
+    # At most 2**63 - 1, as readers require (FORMAT.md 7); larger ones would not even fit
+    # the metadata's uint64 (an OverflowError deep in a backend).
+    if block_rows is not None and not 1 <= block_rows <= 2**63 - 1:
+        raise InvalidArgumentError(f"block_rows must be in 1..2**63-1, got {block_rows}")
     level = 3 if level is None else level
     if not -7 <= level <= 22:
         raise InvalidArgumentError(f"compression_level must be in -7..22 (zstd), got {level}")

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use numpy::{PyReadonlyArray1, PyReadwriteArray1};
-use pyo3::exceptions::PyBufferError;
+use pyo3::exceptions::{PyBufferError, PyOSError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, import_exception};
@@ -33,7 +33,17 @@ fn to_py(e: Error) -> PyErr {
         Error::InvalidArgument(m) => InvalidArgumentError::new_err(m),
         Error::Corrupt(m) => CorruptStoreError::new_err(m),
         Error::Locked(m) => StoreLockedError::new_err(m),
-        Error::Io(e) => PyErr::from(e),
+        Error::Io(e) => match e.raw_os_error() {
+            // OSError(errno, strerror), so Python sees the errno (ENOSPC, EFBIG...) and picks
+            // the subclass (FileNotFoundError...) as it does for its own calls.
+            Some(code) => {
+                let msg = e.to_string();
+                let suffix = format!(" (os error {code})");
+                let msg = msg.strip_suffix(&suffix).unwrap_or(&msg).to_owned();
+                PyOSError::new_err((code, msg))
+            }
+            None => PyErr::from(e),
+        },
     }
 }
 

@@ -17,6 +17,11 @@ DEFAULT_LEVEL = 3
 DEFAULT_BLOCK_BYTES = 1 << 20
 SAMPLE_BYTES = 1 << 15
 
+# Raw bytes a zstd frame can decode to per stored byte, at most: every block of a frame
+# decodes to at most 128 KiB (RFC 8878, Block_Maximum_Size) and takes at least 4 bytes (an
+# RLE block: a 3-byte header and the byte to repeat). Metadata claiming more is corrupt.
+MAX_RATIO = 32768
+
 STORED_RAW, ZSTD = 0, 1
 NONE, SHUFFLE, DELTA_SHUFFLE, BITSHUFFLE, DELTA_BITSHUFFLE = 0, 1, 2, 3, 4
 FILTER_NAMES = ("none", "shuffle", "delta+shuffle", "bitshuffle", "delta+bitshuffle")
@@ -185,8 +190,12 @@ def decode_block(
             # A damaged header could claim any size: check it before anything is allocated.
             f = int(record["filter"])
             want = filtered_size(size, unit, f)
+            # The frame must declare its size (FORMAT.md 7): one that does not would need a
+            # buffer as large as the metadata claims before a byte is decoded.
             claimed = zstandard.get_frame_parameters(stored).content_size
-            if claimed not in (want, zstandard.CONTENTSIZE_UNKNOWN):
+            if claimed == zstandard.CONTENTSIZE_UNKNOWN:
+                raise CorruptStoreError(f"{what} is a zstd frame that does not declare its size")
+            if claimed != want:
                 raise CorruptStoreError(f"{what} claims {claimed} bytes, not {want}")
             out = _decompressor().decompress(stored, max_output_size=want)
         except zstandard.ZstdError as e:
@@ -199,6 +208,47 @@ def decode_block(
     if zlib.crc32(raw) != int(record["crc32"]):
         raise CorruptStoreError(f"{what} fails its CRC-32 check")
     return raw
+
+
+_DICT_ID_BYTES = np.array([0, 1, 2, 4])
+_FCS_BYTES = np.array([0, 2, 4, 8])
+
+
+def check_frames(buf, blocks: np.ndarray, rows: int, block_rows: int, row_bytes: int,
+                 unit: int, what: str) -> None:  # fmt: skip
+    """Every zstd frame of an index must declare exactly the size its block decodes to
+    (FORMAT.md 7), so that no read allocates for rows its frames do not hold. `buf` holds
+    every record. The frame headers (RFC 8878, 3.1.1.1) are parsed for all blocks at once."""
+    z = np.flatnonzero(blocks["codec"] == ZSTD)
+    if not len(z):
+        return
+    rec = blocks[z]
+    raw = np.minimum(block_rows, rows - z * block_rows) * row_bytes
+    if unit:
+        bits = np.isin(rec["filter"], _BITS)
+        raw = np.where(bits, 8 * unit * -(-(raw // unit) // 8), raw)
+    mv = np.frombuffer(buf, np.uint8)
+    off, size = rec["offset"].astype(np.int64), rec["size"].astype(np.int64)
+    head = mv[np.minimum(off[:, None] + np.arange(18), len(mv) - 1)].astype(np.uint64)
+    fhd = head[:, 4].astype(np.int64)
+    single = (fhd >> 5) & 1
+    fcs_at = 5 + (1 - single) + _DICT_ID_BYTES[fhd & 3]
+    fcs_len = np.where(fhd >> 6 == 0, single, _FCS_BYTES[fhd >> 6])
+    declared = np.zeros(len(z), np.uint64)
+    for b in range(8):
+        byte = head[np.arange(len(z)), np.minimum(fcs_at + b, 17)]
+        declared |= np.where(b < fcs_len, byte, 0).astype(np.uint64) << np.uint64(8 * b)
+    declared = np.where(fcs_len == 2, declared + np.uint64(256), declared)
+    ok = (
+        (head[:, :4] == np.array([0x28, 0xB5, 0x2F, 0xFD], np.uint64)).all(axis=1)
+        & (fhd & 8 == 0)  # the reserved bit
+        & (fcs_len > 0)
+        & (size >= fcs_at + fcs_len)
+        & (declared == raw.astype(np.uint64))
+    )
+    if not ok.all():
+        k = int(z[np.argmin(ok)])
+        raise CorruptStoreError(f"block {k} of {what} is not a zstd frame declaring its size")
 
 
 def encode_rows(

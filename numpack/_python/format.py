@@ -151,7 +151,7 @@ def decode(data: bytes, path: str, data_dir: str | None = None) -> Metadata:
             "that this numpack supports; upgrade numpack"
         )
     next_file_id = doc.get("next_file_id")
-    if not _is_int(next_file_id) or next_file_id < 0:
+    if not _is_int(next_file_id) or not 0 <= next_file_id <= _MAX:
         raise bad(f"has an invalid next_file_id {next_file_id!r}")
     arrays = doc.get("arrays")
     if not isinstance(arrays, list):
@@ -186,7 +186,8 @@ def _entry(a, i: int, bad) -> ArrayEntry:
         not isinstance(shape, list)
         or not shape
         or not all(_is_int(d) and 0 <= d <= _MAX for d in shape)
-        or math.prod(shape) * np.dtype(dtype).itemsize > _MAX
+        # Zero dimensions skipped, as NumPy does: rows must fit even when there are none.
+        or math.prod(d for d in shape if d) * np.dtype(dtype).itemsize > _MAX
     ):
         raise bad(f"{what} has an impossible shape {shape!r}")
     raw = a.get("deleted")
@@ -202,15 +203,21 @@ def _entry(a, i: int, bad) -> ArrayEntry:
     if compression is not None and not isinstance(compression, dict):
         raise bad(f"{what} has an invalid compression {compression!r}")
     if compression is not None and compression.get("codec") == compress.CODEC:
-        _check_compression(compression, shape[0], what, bad)
+        row_bytes = math.prod(shape[1:]) * np.dtype(dtype).itemsize
+        _check_compression(compression, shape[0], row_bytes, what, bad)
     # Values below shape[0] <= _MAX, so int64 holds them and row arithmetic stays signed.
     rows = _frozen(deleted.astype(np.int64)) if len(deleted) else NO_ROWS
     return ArrayEntry(name, file, dtype, tuple(shape), rows, modified_us, compression)
 
 
-def _check_compression(c: dict, rows: int, what: str, bad) -> None:
+def _check_compression(c: dict, rows: int, row_bytes: int, what: str, bad) -> None:
     """The map of a zstd array. A codec this numpack does not know is not checked: only that
-    array fails, when it is used."""
+    array fails, when it is used.
+
+    The sizes are checked against each other before anything is read or allocated (FORMAT.md
+    7): a block cannot hold more than MAX_RATIO raw bytes per stored byte, and no two
+    records overlap. With the data file checked to hold every record (by the caller), the
+    raw size of an array is bounded by its file's."""
     level, block_rows, blob = c.get("level"), c.get("block_rows"), c.get("blocks")
     if not _is_int(level) or not -(2**31) <= level < 2**31:
         raise bad(f"{what} has an invalid compression level {level!r}")
@@ -227,6 +234,23 @@ def _check_compression(c: dict, rows: int, what: str, bad) -> None:
         | (r["filter"] > compress.DELTA_BITSHUFFLE)
     ):
         raise bad(f"{what} has an invalid block record")
+    if not count:
+        return
+    # Block k holds block_rows rows, the last one the rest. With two blocks or more, a full
+    # block is smaller than the array (<= _MAX bytes), so the comparisons stay in uint64.
+    last = (rows - (count - 1) * block_rows) * row_bytes
+    full = block_rows * row_bytes if count > 1 else 0
+    sizes = r["size"]
+    if np.any(sizes[:-1] < -(-full // compress.MAX_RATIO)) or int(sizes[-1]) < -(
+        -last // compress.MAX_RATIO
+    ):
+        raise bad(f"{what} has a block whose stored bytes cannot hold its rows")
+    # Blocks are only ever appended, so no two records share a byte: a record copied over
+    # another (same rows, size and CRC) would otherwise read as that block's rows.
+    used = r[sizes > 0]
+    used = used[np.argsort(used["offset"], kind="stable")]
+    if np.any(used["offset"][1:] < used["offset"][:-1] + used["size"][:-1]):
+        raise bad(f"{what} has block records that overlap")
 
 
 def _check_file(e: ArrayEntry, data_dir: str, path: str) -> None:

@@ -9,6 +9,7 @@ import functools
 import math
 import mmap
 import os
+import stat
 import threading
 import time
 
@@ -127,6 +128,10 @@ class _Change:
     def create(self, name: str, chunks) -> str:
         """A new data file for array `name`, holding the bytes of `chunks`."""
         while True:
+            if self.next_file_id >= fmt._MAX:  # readers accept up to _MAX (FORMAT.md 2)
+                raise CorruptStoreError(
+                    f"{self._path}: next_file_id {self.next_file_id} is exhausted"
+                )
             file = data_file(name, self.next_file_id)
             self.next_file_id += 1
             # Only metadata that lied about next_file_id could name this file already; the
@@ -178,7 +183,7 @@ class _Change:
 
 class Store:
     """A store directory: reads take no lock; each writing call holds the write lock and
-    commits once. One thread at a time per Store."""
+    commits once. A mutex serialises the calls on one Store, so threads may share it."""
 
     def __init__(self, path: str, lock_timeout: float, durable: bool = False):
         self._path = path
@@ -318,9 +323,16 @@ class Store:
     def _open(self, e: fmt.ArrayEntry, flags: int) -> int:
         """A descriptor on `e`'s data file, which must hold all the array's physical rows
         (raw) or every block of its index (compressed)."""
-        fd = os.open(self._join(e.file), flags | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put in a data file's place must not block the open (it is then
+        # refused as not a regular file); it changes nothing for regular files.
+        fd = os.open(self._join(e.file), flags | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptStoreError(
+                    f"{self._path}: data file {e.file} of array {e.name!r} is not a regular file"
+                )
+            size = st.st_size
             if size < e.file_bytes:
                 what = "block index" if e.compression is not None else "shape"
                 raise CorruptStoreError(
@@ -757,6 +769,11 @@ class BlockView(View):
         # 1000 rows, sequential slices) fall in the same block again and again, and decoding
         # it each time made stream_load about 50x slower. Blocks never change, so it stays valid.
         self._last: tuple | None = None
+        if self._buf is not None:
+            compress.check_frames(
+                self._buf, self._blocks, entry.shape[0], self._block_rows, self.row_bytes,
+                self._unit, f"array {entry.name!r} in {entry.file}",
+            )  # fmt: skip
 
     def block(self, k: int) -> np.ndarray:
         """The physical rows of block `k`, decoded and checked, as a read-only (rows, R)

@@ -8,8 +8,66 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::compress::{self, Encoded, Layout, Record};
-use super::error::Result;
+use super::error::{Error, Result};
 use super::format::Compressed;
+
+/// Raw bytes a zstd frame can decode to per stored byte, at most: every block of a frame
+/// decodes to at most 128 KiB (RFC 8878, Block_Maximum_Size) and takes at least 4 bytes (an
+/// RLE block: a 3-byte header and the byte to repeat).
+pub const MAX_RATIO: u64 = 32768;
+
+/// Checks a block index against itself before anything is read or allocated (FORMAT.md 7):
+/// no block claims more raw bytes than its stored bytes can hold, and no two records overlap (blocks are only ever appended; a record copied over
+/// another, same rows, size and CRC, would otherwise read as that block's rows). With the
+/// data file checked to hold every record, the raw size of the array is bounded by its file's.
+pub fn check_index(index: &Compressed, rows: u64, row_bytes: usize, what: &str) -> Result<()> {
+    let mut spans = Vec::with_capacity(index.blocks.len());
+    for (k, b) in index.blocks.iter().enumerate() {
+        let r = index.rows_of(k, rows);
+        let raw = (r.end - r.start).saturating_mul(row_bytes as u64);
+        if raw.div_ceil(MAX_RATIO) > b.size {
+            return Err(Error::Corrupt(format!(
+                "{what}: block {k} stores {} bytes for {raw} raw bytes",
+                b.size
+            )));
+        }
+        if b.size > 0 {
+            spans.push((b.offset, b.end()));
+        }
+    }
+    spans.sort_unstable();
+    if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+        return Err(Error::Corrupt(format!("{what}: block records overlap")));
+    }
+    Ok(())
+}
+
+/// Checks that every zstd frame of an index declares exactly the size its block decodes to
+/// (FORMAT.md 7), so that no read allocates for rows its frames do not hold. `src` is the
+/// data file, checked to hold every record.
+pub fn check_frames(
+    src: &[u8],
+    index: &Compressed,
+    rows: u64,
+    layout: Layout,
+    what: &str,
+) -> Result<()> {
+    for (k, b) in index.blocks.iter().enumerate() {
+        if b.codec != compress::ZSTD {
+            continue;
+        }
+        let r = index.rows_of(k, rows);
+        let raw = (r.end - r.start) as usize * layout.row_bytes;
+        let want = compress::filtered_len(raw, layout.unit, b.filter) as u64;
+        let head = &src[b.offset as usize..b.end() as usize];
+        if !matches!(zstd::zstd_safe::get_frame_content_size(head), Ok(Some(n)) if n == want) {
+            return Err(Error::Corrupt(format!(
+                "{what}: block {k} is not a zstd frame declaring its {want} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Encodes `rows` rows held in `raw` into blocks of `block_rows` rows, in parallel.
 pub fn encode_rows(
@@ -26,7 +84,9 @@ pub fn encode_rows(
             .map(|_| compress::encode(&[], layout, level))
             .collect();
     }
-    raw.par_chunks(block_rows as usize * layout.row_bytes)
+    // block_rows comes from metadata or the caller and may be huge: a product that does not
+    // fit means one block of every row (a wrapped one could be 0, which par_chunks rejects).
+    raw.par_chunks((block_rows as usize).saturating_mul(layout.row_bytes))
         .map(|block| compress::encode(block, layout, level))
         .collect()
 }
@@ -121,7 +181,7 @@ impl Reader<'_> {
             let mut p = first;
             while p < first + n {
                 let k = (p / br) as usize;
-                let take = ((k as u64 + 1) * br).min(first + n) - p;
+                let take = (k as u64 + 1).saturating_mul(br).min(first + n) - p;
                 match groups.last_mut() {
                     Some((last, pieces)) if *last == k => pieces.push((p, take)),
                     _ => groups.push((k, vec![(p, take)])),

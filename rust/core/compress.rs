@@ -162,6 +162,19 @@ pub fn decode(
         STORED_RAW => return Err(corrupt("a raw block has the wrong size")),
         _ => {
             let want = filtered_len(raw_len, layout.unit, record.filter);
+            // A damaged header could claim any size: check it before anything is allocated.
+            // The frame must declare its size (FORMAT.md 7), or the buffer would be sized
+            // from the metadata alone.
+            match zstd::zstd_safe::get_frame_content_size(stored) {
+                Ok(Some(n)) if n == want as u64 => {}
+                Ok(Some(n)) => {
+                    return Err(corrupt(&format!(
+                        "a block's frame claims {n} bytes, not {want}"
+                    )))
+                }
+                Ok(None) => return Err(corrupt("a block's frame does not declare its size")),
+                Err(_) => return Err(corrupt("a block is not a zstd frame")),
+            }
             let filtered = decompress(stored, want)
                 .map_err(|e| corrupt(&format!("a block does not decompress ({e})")))?;
             if filtered.len() != want {
@@ -211,7 +224,7 @@ fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 }
 
 /// Bytes a filter turns `raw_len` bytes into: bit planes round up to whole bytes.
-fn filtered_len(raw_len: usize, unit: usize, filter: u8) -> usize {
+pub fn filtered_len(raw_len: usize, unit: usize, filter: u8) -> usize {
     match filter {
         BITSHUFFLE | DELTA_BITSHUFFLE => 8 * unit * (raw_len / unit.max(1)).div_ceil(8),
         _ => raw_len,

@@ -67,11 +67,14 @@ impl Compressed {
     /// Physical rows of block `k`, given the array's physical row count.
     pub fn rows_of(&self, k: usize, rows: u64) -> std::ops::Range<u64> {
         let start = k as u64 * self.block_rows;
-        start..(start + self.block_rows).min(rows)
+        start..start.saturating_add(self.block_rows).min(rows)
     }
 
     pub fn stored_bytes(&self) -> u64 {
-        self.blocks.iter().map(|b| b.size).sum()
+        // Sizes come from the metadata: a lying index must not overflow the sum.
+        self.blocks
+            .iter()
+            .fold(0u64, |acc, b| acc.saturating_add(b.size))
     }
 }
 
@@ -91,8 +94,17 @@ impl Metadata {
 
     /// Decodes and validates; `what` names the file in error messages.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Self> {
-        let meta: Metadata = rmp_serde::from_slice(bytes)
-            .map_err(|e| Error::Corrupt(format!("{what}: not valid numpack metadata ({e})")))?;
+        let corrupt =
+            |e: String| Error::Corrupt(format!("{what}: not valid numpack metadata ({e})"));
+        // A single map and nothing after it: bytes left over mean a damaged file.
+        let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+        let meta = Metadata::deserialize(&mut de).map_err(|e| corrupt(e.to_string()))?;
+        if de.position() != bytes.len() as u64 {
+            return Err(corrupt(format!(
+                "{} bytes after the metadata map",
+                bytes.len() as u64 - de.position()
+            )));
+        }
         meta.validate(what)?;
         Ok(meta)
     }
@@ -107,6 +119,9 @@ impl Metadata {
                 "format version {} is newer than this numpack supports ({VERSION}); upgrade numpack",
                 self.version
             ));
+        }
+        if self.next_file_id > i64::MAX as u64 {
+            return bad(format!("next_file_id {} is too large", self.next_file_id));
         }
         let mut names = std::collections::HashSet::new();
         for e in &self.arrays {
@@ -133,10 +148,12 @@ impl Metadata {
             if e.shape.is_empty() {
                 return bad(format!("array {:?} has no dimensions", e.name));
             }
+            // Zero dimensions are skipped (as NumPy does): an array with no rows must still
+            // have rows that fit, or `row_bytes` overflows and NumPy cannot make the array.
             let nbytes = e
                 .shape
                 .iter()
-                .try_fold(item as u64, |acc, &d| acc.checked_mul(d))
+                .try_fold(item as u64, |acc, &d| acc.checked_mul(d.max(1)))
                 .filter(|&n| n <= i64::MAX as u64);
             if nbytes.is_none() {
                 return bad(format!(
@@ -231,21 +248,30 @@ impl Entry {
             Some(other) => return Err(self.bad_compression(&format!("uses codec {other:?}"))),
             None => return Err(self.bad_compression("names no codec")),
         }
-        let level = get("level").and_then(|v| v.as_i64());
+        let level = get("level")
+            .and_then(|v| v.as_i64())
+            .and_then(|l| i32::try_from(l).ok());
         let block_rows = get("block_rows")
             .and_then(|v| v.as_u64())
-            .filter(|&b| b > 0);
+            .filter(|&b| b > 0 && b <= i64::MAX as u64);
         let blocks = get("blocks")
             .and_then(|v| v.as_slice())
             .and_then(compress::unpack);
         let (Some(level), Some(block_rows), Some(blocks)) = (level, block_rows, blocks) else {
             return Err(self.bad_compression("has a malformed block index"));
         };
+        // Offsets and sizes are signed 64-bit in the OS (off_t), as the Python backend checks.
+        if blocks
+            .iter()
+            .any(|b| b.offset > i64::MAX as u64 || b.size > i64::MAX as u64)
+        {
+            return Err(self.bad_compression("has an invalid block record"));
+        }
         if blocks.len() as u64 != self.shape[0].div_ceil(block_rows) {
             return Err(self.bad_compression("has the wrong number of blocks"));
         }
         Ok(Some(Compressed {
-            level: level as i32,
+            level,
             block_rows,
             blocks,
         }))
@@ -319,6 +345,12 @@ mod tests {
         }
         assert!(matches!(
             Metadata::decode(&[0u8; 64], "t"),
+            Err(Error::Corrupt(_))
+        ));
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            Metadata::decode(&trailing, "t"),
             Err(Error::Corrupt(_))
         ));
     }

@@ -1,7 +1,6 @@
 //! The undo journal that makes an in-place `replace` atomic (FORMAT.md 6).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -35,11 +34,7 @@ pub fn write(dir: &Path, sections: &[Section], durable: bool) -> Result<()> {
         buf.extend_from_slice(s.old);
     }
     let tmp = dir.join(format!("{FILE}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(&buf)?;
-    if durable {
-        f.sync_all()?;
-    }
+    super::store::write_tmp(&tmp, &buf, durable)?;
     fs::rename(&tmp, dir.join(FILE))?;
     if durable {
         super::store::sync_dir(dir)?;
@@ -70,8 +65,12 @@ pub fn recover(dir: &Path) -> Result<bool> {
         };
         let len = f.metadata()?.len();
         for (k, &r) in rows.iter().enumerate().rev() {
+            // Row sizes and indexes come from the file: their products and sums may overflow.
             let off = r.checked_mul(row_bytes as u64).ok_or_else(corrupt)?;
-            if off + row_bytes as u64 > len {
+            if off
+                .checked_add(row_bytes as u64)
+                .is_none_or(|end| end > len)
+            {
                 return Err(corrupt());
             }
             f.write_all_at(&old[k * row_bytes..(k + 1) * row_bytes], off)?;

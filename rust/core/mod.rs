@@ -11,5 +11,8 @@ pub mod naming;
 pub mod rows;
 pub mod store;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use error::{Error, Result};
 pub use store::{Item, Replacement, Store, View};

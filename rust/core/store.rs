@@ -19,6 +19,7 @@ use super::format::{itemsize, Compressed, Entry, Metadata};
 use super::gather;
 use super::journal::{self, Section};
 use super::lock::WriteLock;
+use super::naming;
 use super::rows::{self, RowMap};
 
 const METADATA: &str = "metadata.npkm";
@@ -54,6 +55,9 @@ pub struct Store {
     /// Writable mappings for `replace`: scattered rows written through a mapping cost a
     /// fraction of one `pwrite` each (no per-call file-time update).
     write_maps: HashMap<String, MmapMut>,
+    /// Data files of compressed arrays whose index and frame headers were checked against
+    /// the current metadata (`check_index`, `check_frames`); emptied when it changes.
+    checked: std::collections::HashSet<String>,
 }
 
 impl Store {
@@ -80,6 +84,7 @@ impl Store {
             stamp: None,
             maps: HashMap::new(),
             write_maps: HashMap::new(),
+            checked: Default::default(),
         };
         if store.dir.join(METADATA).exists() && !store.dir.join(journal::FILE).exists() {
             store.refresh()?;
@@ -122,6 +127,7 @@ impl Store {
             self.meta.arrays.iter().map(|e| e.file.as_str()).collect();
         self.maps.retain(|f, _| live.contains(f.as_str()));
         self.write_maps.retain(|f, _| live.contains(f.as_str()));
+        self.checked.clear();
         Ok(())
     }
 
@@ -154,11 +160,7 @@ impl Store {
         let tmp = self
             .dir
             .join(format!("{METADATA}.{}.tmp", std::process::id()));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&meta.encode())?;
-        if self.durable {
-            f.sync_all()?;
-        }
+        write_tmp(&tmp, &meta.encode(), self.durable)?;
         let path = self.dir.join(METADATA);
         fs::rename(&tmp, &path)?;
         if self.durable {
@@ -167,6 +169,7 @@ impl Store {
         let st = fs::metadata(&path)?;
         self.stamp = Some((st.dev(), st.ino(), st.size(), st.mtime(), st.mtime_nsec()));
         self.meta = meta;
+        self.checked.clear();
         Ok(())
     }
 
@@ -238,6 +241,14 @@ impl Store {
             return Ok(Some(m.clone()));
         }
         let path = self.dir.join(&e.file);
+        // Not opened unless a regular file: opening a FIFO put there would block forever.
+        if fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return Err(Error::Corrupt(format!(
+                "{}: data file of array {:?} is not a regular file",
+                path.display(),
+                e.name
+            )));
+        }
         let file = File::open(&path).map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => Error::Corrupt(format!(
                 "{}: data file of array {:?} is missing",
@@ -299,7 +310,18 @@ impl Store {
         self.refresh()?;
         let e = self.entry(name)?.clone();
         let index = e.compressed()?.map(Arc::new);
+        let what = format!("{} (array {:?})", self.dir.join(&e.file).display(), e.name);
+        let unchecked = index.is_some() && !self.checked.contains(&e.file);
+        if let (Some(index), true) = (&index, unchecked) {
+            blocks::check_index(index, e.shape[0], e.row_bytes(), &what)?;
+        }
         let map = self.mapping(&e)?;
+        if let (Some(index), true) = (&index, unchecked) {
+            if let Some(map) = &map {
+                blocks::check_frames(map, index, e.shape[0], e.layout(), &what)?;
+            }
+            self.checked.insert(e.file.clone());
+        }
         Ok(View {
             name: e.name.clone(),
             dtype: e.dtype.clone(),
@@ -312,7 +334,7 @@ impl Store {
             rows: RowMap::new(e.deleted_rows()),
             index,
             map,
-            what: format!("{} (array {:?})", self.dir.join(&e.file).display(), e.name),
+            what,
             last_block: Mutex::new(None),
         })
     }
@@ -358,15 +380,42 @@ impl Store {
             ))
         })?;
         check_len(item, size)?;
-        let entry = Entry::new(
+        let id = self.take_file_id(meta, item.name)?;
+        Ok(Entry::new(
             item.name,
             item.dtype,
             item.shape.to_vec(),
-            meta.next_file_id,
+            id,
             now_us(),
-        );
-        meta.next_file_id += 1;
-        Ok(entry)
+        ))
+    }
+
+    /// The next file id for a new data file of array `name`. An id whose file the committed
+    /// or the new metadata names is skipped: only metadata that lied about `next_file_id`
+    /// could name it, and that file must not be overwritten (`create_with` would delete it,
+    /// and retiring the old entry would then delete the new file).
+    fn take_file_id(&self, meta: &mut Metadata, name: &str) -> Result<u64> {
+        loop {
+            let id = meta.next_file_id;
+            if id >= i64::MAX as u64 {
+                // Readers accept next_file_id up to 2^63 - 1 (FORMAT.md 2).
+                return Err(Error::Corrupt(format!(
+                    "{}: next_file_id {id} is exhausted",
+                    self.what()
+                )));
+            }
+            meta.next_file_id = id + 1;
+            let file = naming::data_file(name, id);
+            if !self
+                .meta
+                .arrays
+                .iter()
+                .chain(&meta.arrays)
+                .any(|e| e.file == file)
+            {
+                return Ok(id);
+            }
+        }
     }
 
     pub fn append(&mut self, items: &[Item]) -> Result<()> {
@@ -551,16 +600,17 @@ impl Store {
                         continue;
                     }
                     let view = s.view(&e.name)?;
-                    let mut fresh = Entry::new(
-                        &e.name,
-                        &e.dtype,
+                    let (name, dtype, shape, modified) = (
+                        e.name.clone(),
+                        e.dtype.clone(),
                         e.logical_shape(),
-                        meta.next_file_id,
                         e.modified_us,
                     );
-                    meta.next_file_id += 1;
+                    let compressed = e.compressed()?;
+                    let id = s.take_file_id(&mut meta, &name)?;
+                    let mut fresh = Entry::new(&name, &dtype, shape, id, modified);
                     created.push(fresh.file.clone());
-                    match e.compressed()? {
+                    match compressed {
                         Some(index) => {
                             let records =
                                 s.create_with(&fresh.file, |f| view.recompress(f, &index))?;
@@ -660,6 +710,22 @@ fn append_to(path: &Path, encoded: Vec<compress::Encoded>) -> Result<Vec<compres
     let mut file = OpenOptions::new().write(true).open(path)?;
     let at = file.seek(std::io::SeekFrom::End(0))?;
     blocks::write(&mut file, at, encoded)
+}
+
+/// Writes a temporary file whole (synced with `durable`); on failure (a full disk) it is
+/// deleted, so it keeps no space.
+pub fn write_tmp(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    let written = File::create(path).and_then(|mut f| {
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+        Ok(())
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    Ok(written?)
 }
 
 /// Makes a directory's entries (created, renamed files) durable.
@@ -777,7 +843,8 @@ impl View {
 
     /// Writes this array's live rows as fresh blocks into `file`, a chunk of blocks at a time.
     fn recompress(&self, file: &mut File, index: &Compressed) -> Result<Vec<compress::Record>> {
-        let chunk_rows = index.block_rows * 64;
+        // Saturating: a huge block_rows must not wrap to 0 (no progress: a hang).
+        let chunk_rows = index.block_rows.saturating_mul(64);
         let mut records = Vec::new();
         let mut start = 0;
         while start < self.shape[0] {
