@@ -18,7 +18,7 @@ from crash_ops import apply, plan, read
 
 from numpack import NumPack
 
-KILLS = int(os.environ.get("NUMPACK_CRASH_KILLS", "40"))
+KILLS = int(os.environ.get("NUMPACK_CRASH_KILLS", "120"))
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 WRITER = r"""
@@ -91,3 +91,47 @@ def test_killed_writer_leaves_before_or_after(backend, tmp_path):
             start = (done[-1] + 1) if done else start
     assert start > 0, "the writer never completed a call"
     assert interrupted > KILLS // 2, "too few kills landed inside a call to test anything"
+
+
+NPYT_WRITER = r"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from test_npyt import make_rows
+from numpack import NPYT
+path = sys.argv[1]
+w = NPYT(path).load("r+")
+first = w.end()
+os.write(1, b"ready\n")
+while True:
+    n = 1 + first % 97
+    w.expend(make_rows(first, n))  # rows first, then `end`; grows the file when full
+    first += n
+"""
+
+
+def test_killed_npyt_writer_leaves_only_whole_rows(backend, tmp_path, monkeypatch):
+    """SIGKILL an NPYT writer mid-append: np.load and NPYT both see whole rows 0..end, and a
+    new writer carries on from there."""
+    from test_npyt import ROW, check_rows
+
+    from numpack import NPYT
+
+    monkeypatch.setenv("NUMPACK_BACKEND", backend)
+    path = str(tmp_path / "ticks.npy")
+    NPYT(path, dtype=ROW).save(capacity=64, skip_if_exists=False)
+    rng = np.random.default_rng(3)
+    ends = []
+    for _ in range(max(5, KILLS // 4)):
+        w = subprocess.Popen([sys.executable, "-c", NPYT_WRITER, path, TESTS],
+                             stdout=subprocess.PIPE)  # fmt: skip
+        assert w.stdout.readline() == b"ready\n"
+        time.sleep(float(rng.uniform(0.0, 0.1)))
+        w.send_signal(signal.SIGKILL)
+        w.wait()
+        w.stdout.close()
+        r = NPYT(path).load("r")
+        check_rows(r.data(), 0)
+        check_rows(np.load(path)[: r.end()], 0)  # a plain .npy reader: capacity rows
+        assert r.end() >= (ends[-1] if ends else 0)
+        ends.append(r.end())
+    assert ends[-1] > ends[0], "the writers never appended"
