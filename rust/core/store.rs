@@ -533,9 +533,18 @@ impl Store {
                     if physical.is_empty() {
                         continue;
                     }
-                    let len = meta.arrays[*p].physical_bytes() as usize;
-                    let map = s.write_mapping(file, len)?;
-                    write_rows(map, *row, physical, data);
+                    if s.durable {
+                        // fsync of pages dirtied through a mapping cost ~30 ms here against a
+                        // few ms for the same rows written with pwrite (bench_store, durable rows).
+                        let f = OpenOptions::new().write(true).open(s.dir.join(file))?;
+                        for (k, &r) in physical.iter().enumerate() {
+                            f.write_all_at(&data[k * row..(k + 1) * row], r * *row as u64)?;
+                        }
+                    } else {
+                        let len = meta.arrays[*p].physical_bytes() as usize;
+                        let map = s.write_mapping(file, len)?;
+                        write_rows(map, *row, physical, data);
+                    }
                     meta.arrays[*p].modified_us = now_us();
                 }
                 s.commit(meta)
