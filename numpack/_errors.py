@@ -1,5 +1,13 @@
 """The exception hierarchy shared by both backends (the Rust core imports these classes)."""
 
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 
 class NumPackError(Exception):
     """Base class of every exception numpack raises."""
@@ -46,3 +54,18 @@ class StoreLockedError(NumPackError, OSError):
 
 class StoreIOError(NumPackError, OSError):
     """An operating-system error while reading or writing the store (disk full, permissions)."""
+
+
+def os_errors(method: _F) -> _F:
+    """Report operating-system errors as StoreIOError, so every error is a NumPackError."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except NumPackError:
+            raise
+        except OSError as e:
+            raise StoreIOError(e.errno, e.strerror or str(e), e.filename) from e
+
+    return cast(_F, wrapper)

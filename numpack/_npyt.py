@@ -34,12 +34,11 @@ from ._errors import (
     DTypeError,
     InvalidArgumentError,
     InvalidTypeError,
-    NumPackError,
     RowIndexError,
     ShapeMismatchError,
     StoreClosedError,
-    StoreIOError,
     StoreLockedError,
+    os_errors,
 )
 
 try:
@@ -58,26 +57,11 @@ _LOCK_WAIT_S = 0.1  # how long a writer waits for a lock that someone holds only
 _RESIZE_WAIT_S = 2.0  # how long a reader waits for a writer to finish moving the tail
 
 
-def _os_errors(method):
-    """Report operating-system errors as StoreIOError, so every error is a NumPackError."""
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except NumPackError:
-            raise
-        except OSError as e:
-            raise StoreIOError(e.errno, e.strerror or str(e), e.filename) from e
-
-    return wrapper
-
-
 def public_os_errors(cls):
     """Apply _os_errors to every public method of `cls`."""
     for name, value in list(vars(cls).items()):
         if callable(value) and (not name.startswith("_") or name in ("__enter__", "__init__")):
-            setattr(cls, name, _os_errors(value))
+            setattr(cls, name, os_errors(value))
     return cls
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, SupportsIndex, TypeVar, cast, overload
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal, SupportsIndex, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -18,25 +17,9 @@ from ._errors import (
     ShapeMismatchError,
     StoreClosedError,
     StoreIOError,
+    os_errors,
 )
 from ._lazy import LazyArray, RowIndex, RowsIndex, as_bytes
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _os_errors(method: _F) -> _F:
-    """Report operating-system errors as StoreIOError, so every error is a NumPackError."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except NumPackError:
-            raise
-        except OSError as e:
-            raise StoreIOError(e.errno, e.strerror or str(e), e.filename) from e
-
-    return cast(_F, wrapper)
 
 
 def _check_name(name) -> str:
@@ -140,7 +123,7 @@ class NumPack:
 
     # -- writes -----------------------------------------------------------------------------
 
-    @_os_errors
+    @os_errors
     def save(
         self,
         arrays: Mapping[str, npt.ArrayLike],
@@ -172,7 +155,7 @@ class NumPack:
             self._s.save(items, level, block_rows)
             bar.update(1)
 
-    @_os_errors
+    @os_errors
     def append(self, arrays: Mapping[str, npt.ArrayLike]) -> None:
         """Add rows at the end of arrays, in place; an array that does not exist is created."""
         items = []
@@ -186,7 +169,7 @@ class NumPack:
             items.append((name, a.dtype.str, a.shape, as_bytes(a)))
         self._s.append(items)
 
-    @_os_errors
+    @os_errors
     def replace(self, arrays: Mapping[str, npt.ArrayLike], indexes: RowIndex) -> None:
         """Overwrite rows in place: `arrays[name]` holds the new rows for `indexes`."""
         items = []
@@ -205,7 +188,7 @@ class NumPack:
             items.append((name, sel, as_bytes(a)))
         self._s.replace(items)
 
-    @_os_errors
+    @os_errors
     def drop(self, name: str | Sequence[str], indexes: RowIndex | None = None) -> None:
         """Delete whole arrays (`name` a str or a list of them), or rows of one array."""
         if indexes is None:
@@ -219,7 +202,7 @@ class NumPack:
             sel = np.arange(sel.start, sel.stop, dtype=np.int64)
         self._s.drop_rows(name, np.unique(sel))
 
-    @_os_errors
+    @os_errors
     def compact(self, name: str | Sequence[str] | None = None, *, progress: bool = False) -> None:
         """Reclaim the space of dropped rows (of one array, a list, or all of them).
 
@@ -250,7 +233,7 @@ class NumPack:
             if names is None:
                 self._s.compact(None)
 
-    @_os_errors
+    @os_errors
     def reset(self) -> None:
         """Remove every array."""
         self._s.reset()
@@ -263,7 +246,7 @@ class NumPack:
     def load(self, name: str, lazy: Literal[True]) -> LazyArray: ...
     @overload
     def load(self, name: str, lazy: bool = ...) -> npt.NDArray[Any] | LazyArray: ...
-    @_os_errors
+    @os_errors
     def load(self, name: str, lazy: bool = False) -> npt.NDArray[Any] | LazyArray:
         """The whole array: an ndarray that owns its memory, or a LazyArray (nothing read yet)."""
         view = self._s.view(_check_name(name))
@@ -281,14 +264,14 @@ class NumPack:
     def getitem(self, name: str, indexes: RowsIndex) -> npt.NDArray[Any]: ...
     @overload
     def getitem(self, name: str, indexes: SupportsIndex | Sequence[int]) -> Any: ...
-    @_os_errors
+    @os_errors
     def getitem(self, name: str, indexes: RowIndex) -> Any:
         """Rows of an array, gathered in the order of `indexes` (an int drops the first axis)."""
         return LazyArray(self._s.view(_check_name(name)), self._path, name, self.backend).rows(
             indexes
         )
 
-    @_os_errors
+    @os_errors
     def stream_load(self, name: str, buffer_size: int = 1000) -> StreamLoader:
         """Iterate over an array in batches of `buffer_size` rows (`len()` gives the count)."""
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, (int, np.integer)):
@@ -302,23 +285,23 @@ class NumPack:
     def get_shape(self, name: None = None) -> dict[str, tuple[int, ...]]: ...
     @overload
     def get_shape(self, name: str) -> tuple[int, ...]: ...
-    @_os_errors
+    @os_errors
     def get_shape(self, name: str | None = None) -> dict[str, tuple[int, ...]] | tuple[int, ...]:
         """The shape of one array, or {name: shape} of all."""
         if name is None:
             return {e[0]: tuple(e[2]) for e in self._s.entries()}
         return self._shape(name)
 
-    @_os_errors
+    @os_errors
     def get_member_list(self) -> list[str]:
         return list(self._s.names())
 
-    @_os_errors
+    @os_errors
     def get_modify_time(self, name: str) -> int:
         """When the array last changed, in microseconds since the epoch."""
         return self._s.info(_check_name(name))[2]
 
-    @_os_errors
+    @os_errors
     def get_metadata(self) -> dict[str, Any]:
         """A plain dict describing the store and each array."""
         arrays = {}
@@ -336,7 +319,7 @@ class NumPack:
             }
         return {"path": self._path, "backend": self.backend, "format_version": 1, "arrays": arrays}
 
-    @_os_errors
+    @os_errors
     def has_array(self, name: str) -> bool:
         return _check_name(name) in self._s.names()
 
