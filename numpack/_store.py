@@ -13,10 +13,8 @@ from . import _backend, _dtypes, _indexing, _progress, _repr
 from ._errors import (
     InvalidArgumentError,
     InvalidTypeError,
-    NumPackError,
     ShapeMismatchError,
     StoreClosedError,
-    StoreIOError,
     os_errors,
 )
 from ._lazy import LazyArray, RowIndex, RowsIndex, as_bytes
@@ -83,6 +81,7 @@ class NumPack:
     which survives a killed process but not a power loss.
     """
 
+    @os_errors
     def __init__(
         self,
         filename: str | os.PathLike[str],
@@ -95,12 +94,7 @@ class NumPack:
         self._path = os.path.abspath(os.fspath(filename))
         if not isinstance(durable, bool):
             raise InvalidTypeError(f"durable must be a bool, got {durable!r}")
-        try:
-            self._store = module.Store(self._path, float(lock_timeout), durable)
-        except NumPackError:
-            raise
-        except OSError as e:
-            raise StoreIOError(e.errno, e.strerror or str(e), e.filename) from e
+        self._store = module.Store(self._path, float(lock_timeout), durable)
         if drop_if_exists:
             self.reset()
 

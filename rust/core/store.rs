@@ -43,6 +43,10 @@ pub struct Replacement<'a> {
 /// What identifies one version of the metadata file.
 type Stamp = (u64, u64, u64, i64, i64);
 
+fn stamp_of(st: &fs::Metadata) -> Stamp {
+    (st.dev(), st.ino(), st.size(), st.mtime(), st.mtime_nsec())
+}
+
 pub struct Store {
     dir: PathBuf,
     lock_file: File,
@@ -116,7 +120,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let stamp = (st.dev(), st.ino(), st.size(), st.mtime(), st.mtime_nsec());
+        let stamp = stamp_of(&st);
         if self.stamp == Some(stamp) {
             return Ok(());
         }
@@ -167,7 +171,7 @@ impl Store {
             sync_dir(&self.dir)?;
         }
         let st = fs::metadata(&path)?;
-        self.stamp = Some((st.dev(), st.ino(), st.size(), st.mtime(), st.mtime_nsec()));
+        self.stamp = Some(stamp_of(&st));
         self.meta = meta;
         self.checked.clear();
         Ok(())
