@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, SupportsIndex, overload
@@ -10,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _backend, _dtypes, _indexing, _progress, _repr
+from ._batch import BatchModeContext, WritableBatchMode
 from ._errors import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -79,7 +81,14 @@ class NumPack:
     call that writes fsyncs its data, the undo journal, the metadata and the directory before it
     returns, so a power loss cannot undo or tear it; by default nothing is fsynced (as np.save),
     which survives a killed process but not a power loss.
+
+    `with npk.transaction():` makes the calls inside one commit: other readers see all of them
+    or none, and an exception undoes them all. NumPack 0.7's `batch_mode()` and
+    `writable_batch_mode()` are transactions too.
     """
+
+    _batch: BatchModeContext | None = None
+    _txn_depth = 0
 
     @os_errors
     def __init__(
@@ -94,6 +103,7 @@ class NumPack:
         self._path = os.path.abspath(os.fspath(filename))
         if not isinstance(durable, bool):
             raise InvalidTypeError(f"durable must be a bool, got {durable!r}")
+        self._durable = durable
         self._store = module.Store(self._path, float(lock_timeout), durable)
         if drop_if_exists:
             self.reset()
@@ -105,7 +115,53 @@ class NumPack:
         store = self._store
         if store is None:
             raise StoreClosedError(f"the NumPack at {self._path} is closed")
+        if self._batch is not None:
+            self._batch.settle()  # every call but batch_mode's load/save sees the saved arrays
         return store
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[NumPack]:
+        """Make every call inside the block one commit, all or nothing.
+
+        The block holds the store's write lock (other writers wait; readers go on, seeing the
+        store as before the block until it ends). Calls inside see their own writes. An
+        exception leaves the store as it was before the block: rows `replace` wrote in place
+        are put back, new files deleted. A transaction inside a transaction joins it. Rows of
+        raw arrays replaced inside are written in place at once, so a reader reading exactly
+        those rows may see them before the commit (as with np.memmap).
+        """
+        if self._txn_depth:
+            self._txn_depth += 1
+            try:
+                yield self
+            finally:
+                self._txn_depth -= 1
+            return
+        os_errors(self._s.begin)()
+        self._txn_depth = 1
+        try:
+            yield self
+        except BaseException:
+            self._txn_depth = 0
+            if self._store is not None:
+                os_errors(self._store.abort)()
+            raise
+        self._txn_depth = 0
+        os_errors(self._s.commit)()
+
+    def batch_mode(self, memory_limit: float | None = None) -> BatchModeContext:
+        """NumPack 0.7's batch mode: a transaction in which `load` returns cached arrays and
+        `save` only updates the cache; saved arrays are written at the end (see
+        `BatchModeContext`)."""
+        return BatchModeContext(self, memory_limit)
+
+    def writable_batch_mode(self) -> WritableBatchMode:
+        """NumPack 0.7's writable batch mode: `wb.load(name)` gives a writable memory map of a
+        raw array, committed (modified time) at the end. Writes through it are not atomic, as
+        with np.memmap (see `WritableBatchMode`)."""
+        return WritableBatchMode(self)
 
     @property
     def path(self) -> str:
@@ -140,6 +196,10 @@ class NumPack:
         """
         level = _compression(compress, compression_level, block_rows)
         arrays = _check_arrays(arrays, "save")
+        batch = self._batch
+        if batch is not None and level is None and not batch.flushing:
+            batch.save(arrays)
+            return
         items = []
         with _progress.bar(progress, len(arrays) + 1, "numpack save", unit="step") as bar:
             for name, arr in arrays.items():
@@ -243,9 +303,11 @@ class NumPack:
     @os_errors
     def load(self, name: str, lazy: bool = False) -> npt.NDArray[Any] | LazyArray:
         """The whole array: an ndarray that owns its memory, or a LazyArray (nothing read yet)."""
-        view = self._s.view(_check_name(name))
         if not lazy:
-            return LazyArray(view, self._path, name, self.backend).to_numpy()
+            if self._batch is not None:
+                return self._batch.load(_check_name(name))
+            return self._load_eager(name)
+        view = self._s.view(_check_name(name))
         compression = None
         if view.buffer() is None:  # compressed, dropped rows or empty: ask the metadata
             for e in self._s.entries():
@@ -253,6 +315,10 @@ class NumPack:
                     compression = e[7]
                     break
         return LazyArray(view, self._path, name, self.backend, compression)
+
+    def _load_eager(self, name: str) -> npt.NDArray[Any]:
+        view = self._s.view(_check_name(name))
+        return LazyArray(view, self._path, name, self.backend).to_numpy()
 
     @overload
     def getitem(self, name: str, indexes: RowsIndex) -> npt.NDArray[Any]: ...
@@ -311,7 +377,12 @@ class NumPack:
                 "file": file,
                 "compression": comp,
             }
-        return {"path": self._path, "backend": self.backend, "format_version": 1, "arrays": arrays}
+        return {
+            "path": self._path,
+            "backend": self.backend,
+            "format_version": self._s.format_version(),
+            "arrays": arrays,
+        }
 
     @os_errors
     def has_array(self, name: str) -> bool:
@@ -335,6 +406,10 @@ class NumPack:
         """Release the store's files; further calls raise StoreClosedError. Idempotent."""
         store, self._store = self._store, None
         if store is not None:
+            if self._txn_depth:  # a transaction left open is undone, as an exception would
+                self._txn_depth = 0
+                self._batch = None
+                store.abort()
             store.close()
 
     def __enter__(self) -> NumPack:

@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, import_exception};
 use pyo3_stub_gen::derive::{gen_stub_pyclass, gen_stub_pymethods};
 
-use crate::core::format::Compressed;
+use crate::core::format::{Compressed, Compression};
 use crate::core::{self, compress, Error, Item, Replacement};
 
 import_exception!(numpack._errors, ArrayNotFoundError);
@@ -82,7 +82,10 @@ fn compression_info(
 /// Of a compression this numpack cannot read, only the codec's name (and the raw size).
 fn unreadable_compression(py: Python<'_>, e: &core::format::Entry) -> PyResult<Py<PyAny>> {
     let codec = match &e.compression {
-        rmpv::Value::Map(m) => m
+        Compression::Unreadable {
+            value: rmpv::Value::Map(m),
+            ..
+        } => m
             .iter()
             .find(|(k, _)| k.as_str() == Some("codec"))
             .and_then(|(_, v)| v.as_str().map(str::to_owned)),
@@ -268,6 +271,25 @@ impl Store {
 
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
         self.with(py, |s| s.reset())
+    }
+
+    /// Starts a transaction (takes the write lock): the writing calls until `commit` make one
+    /// commit record.
+    fn begin(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |s| s.begin())
+    }
+
+    fn commit(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |s| s.commit())
+    }
+
+    /// Ends the transaction, undoing everything it did.
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |s| s.abort())
+    }
+
+    fn format_version(&self, py: Python<'_>) -> PyResult<u64> {
+        self.with(py, |s| s.format_version())
     }
 
     fn view(&self, py: Python<'_>, name: &str) -> PyResult<View> {

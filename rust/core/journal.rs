@@ -1,4 +1,5 @@
-//! The undo journal that makes an in-place `replace` atomic (FORMAT.md 6).
+//! Putting back old rows: of undo records (FORMAT.md 6), and of the undo journal of version 1
+//! stores (FORMAT.md 9), which a version 2 writer recovers before it upgrades the store.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -9,43 +10,6 @@ use super::naming;
 
 pub const FILE: &str = "numpack.undo";
 const MAGIC: &[u8; 8] = b"NPKUNDO1";
-
-/// The old contents of some rows of one data file.
-pub struct Section<'a> {
-    pub file: &'a str,
-    pub row_bytes: usize,
-    pub rows: &'a [u64],
-    pub old: &'a [u8],
-}
-
-/// Writes the journal under a temporary name and renames it into place; with `durable`, it is
-/// on disk before the caller touches the data it protects.
-pub fn write(dir: &Path, sections: &[Section], durable: bool) -> Result<()> {
-    let mut buf = MAGIC.to_vec();
-    for s in sections {
-        let put = |buf: &mut Vec<u8>, v: u64| buf.extend_from_slice(&v.to_le_bytes());
-        put(&mut buf, s.file.len() as u64);
-        buf.extend_from_slice(s.file.as_bytes());
-        put(&mut buf, s.row_bytes as u64);
-        put(&mut buf, s.rows.len() as u64);
-        for &r in s.rows {
-            put(&mut buf, r);
-        }
-        buf.extend_from_slice(s.old);
-    }
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    super::store::write_tmp(&tmp, &buf, durable)?;
-    fs::rename(&tmp, dir.join(FILE))?;
-    if durable {
-        super::store::sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-pub fn remove(dir: &Path) -> Result<()> {
-    fs::remove_file(dir.join(FILE))?;
-    Ok(())
-}
 
 /// Undoes an interrupted `replace`, if a journal is there. Returns whether it found one.
 pub fn recover(dir: &Path) -> Result<bool> {
@@ -58,26 +22,44 @@ pub fn recover(dir: &Path) -> Result<bool> {
     let corrupt = || Error::Corrupt(format!("{}: undo journal is damaged", path.display()));
     let sections = parse(&bytes).ok_or_else(corrupt)?;
     for (file, row_bytes, rows, old) in sections {
-        let f = match OpenOptions::new().write(true).open(dir.join(file)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let len = f.metadata()?.len();
-        for (k, &r) in rows.iter().enumerate().rev() {
-            // Row sizes and indexes come from the file: their products and sums may overflow.
-            let off = r.checked_mul(row_bytes as u64).ok_or_else(corrupt)?;
-            if off
-                .checked_add(row_bytes as u64)
-                .is_none_or(|end| end > len)
-            {
-                return Err(corrupt());
-            }
-            f.write_all_at(&old[k * row_bytes..(k + 1) * row_bytes], off)?;
-        }
+        restore(dir, file, row_bytes, &rows, old).map_err(|e| match e {
+            Error::Corrupt(_) => corrupt(),
+            e => e,
+        })?;
     }
     remove(dir)?;
     Ok(true)
+}
+
+fn remove(dir: &Path) -> Result<()> {
+    fs::remove_file(dir.join(FILE))?;
+    Ok(())
+}
+
+/// Writes `old`, the old contents of physical `rows` of `file`, back: last row first, so that
+/// for a row listed twice the oldest contents win. A file that is gone is skipped (its rows
+/// went with it); rows past its end are `Corrupt`.
+pub fn restore(dir: &Path, file: &str, row_bytes: usize, rows: &[u64], old: &[u8]) -> Result<()> {
+    let path = dir.join(file);
+    let f = match OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let len = f.metadata()?.len();
+    let corrupt = || Error::Corrupt(format!("{}: undo names rows past its end", path.display()));
+    for (k, &r) in rows.iter().enumerate().rev() {
+        // Row sizes and indexes come from a file: their products and sums may overflow.
+        let off = r.checked_mul(row_bytes as u64).ok_or_else(corrupt)?;
+        if off
+            .checked_add(row_bytes as u64)
+            .is_none_or(|end| end > len)
+        {
+            return Err(corrupt());
+        }
+        f.write_all_at(&old[k * row_bytes..(k + 1) * row_bytes], off)?;
+    }
+    Ok(())
 }
 
 type Parsed<'a> = Vec<(&'a str, usize, Vec<u64>, &'a [u8])>;

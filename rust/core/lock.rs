@@ -33,6 +33,24 @@ impl WriteLock {
     }
 }
 
+impl WriteLock {
+    /// The lock if no one holds it now, without waiting.
+    pub fn try_acquire(fd: RawFd) -> Result<Option<Self>> {
+        loop {
+            // SAFETY: as in `acquire`.
+            if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(WriteLock(fd)));
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => return Ok(None),
+                Some(libc::EINTR) => continue,
+                _ => return Err(err.into()),
+            }
+        }
+    }
+}
+
 impl Drop for WriteLock {
     fn drop(&mut self) {
         // SAFETY: as above; an unlock that fails leaves nothing we could repair.

@@ -3,10 +3,12 @@
 pub mod blocks;
 pub mod compress;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod gather;
 pub mod journal;
 pub mod lock;
+pub mod log;
 pub mod naming;
 pub mod rows;
 pub mod store;

@@ -15,6 +15,16 @@ impl RowMap {
         }
     }
 
+    /// The dropped rows, ascending.
+    pub fn deleted(&self) -> impl Iterator<Item = u64> + '_ {
+        self.shifted.iter().enumerate().map(|(j, &s)| s + j as u64)
+    }
+
+    /// How many rows are dropped.
+    pub fn dropped(&self) -> usize {
+        self.shifted.len()
+    }
+
     pub fn is_identity(&self) -> bool {
         self.shifted.is_empty()
     }
