@@ -44,7 +44,7 @@ class BatchModeContext:
         self._npk = numpack_instance
         self._limit = None if memory_limit is None else memory_limit * 2**20
         self._cache: dict[str, np.ndarray] = {}
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, None] = {}  # names saved, in order
         self._flushing = False
         self._txn: Any = None
 
@@ -80,7 +80,7 @@ class BatchModeContext:
             a = np.asarray(arr)
             _dtypes.disk_dtype(a.dtype, name)  # a dtype numpack cannot store fails now
             self._cache[name] = a
-            self._dirty.add(name)
+            self._dirty[name] = None
         if self._limit is not None and sum(a.nbytes for a in self._cache.values()) > self._limit:
             self.flush()
 

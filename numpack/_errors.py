@@ -52,8 +52,17 @@ class StoreLockedError(NumPackError, OSError):
     """Another process held the store's write lock past the timeout."""
 
 
+class WriterSupersededError(StoreLockedError):
+    """A newer writer object of the same NPYT file or NPY8 folder in this process took over its
+    write lock (a re-run `NPYT(f).load("r+")`); the older object may no longer write."""
+
+
 class StoreIOError(NumPackError, OSError):
     """An operating-system error while reading or writing the store (disk full, permissions)."""
+
+
+class DependencyError(NumPackError, ImportError):
+    """An optional library a conversion needs is not installed (the message names the extra)."""
 
 
 def os_errors(method: _F) -> _F:
@@ -66,6 +75,10 @@ def os_errors(method: _F) -> _F:
         except NumPackError:
             raise
         except OSError as e:
-            raise StoreIOError(e.errno, e.strerror or str(e), e.filename) from e
+            # Name the file, or else the store (or file) of the object the method belongs to.
+            where = e.filename
+            if where is None and args:
+                where = getattr(args[0], "path", None)
+            raise StoreIOError(e.errno, e.strerror or str(e), where) from e
 
     return cast(_F, wrapper)

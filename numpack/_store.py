@@ -139,17 +139,21 @@ class NumPack:
             finally:
                 self._txn_depth -= 1
             return
-        os_errors(self._s.begin)()
+        self._txn_call("begin")
         self._txn_depth = 1
         try:
             yield self
         except BaseException:
             self._txn_depth = 0
             if self._store is not None:
-                os_errors(self._store.abort)()
+                self._txn_call("abort")
             raise
         self._txn_depth = 0
-        os_errors(self._s.commit)()
+        self._txn_call("commit")
+
+    @os_errors
+    def _txn_call(self, step: str) -> None:
+        getattr(self._s, step)()
 
     def batch_mode(self, memory_limit: float | None = None) -> BatchModeContext:
         """NumPack 0.7's batch mode: a transaction in which `load` returns cached arrays and

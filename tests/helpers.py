@@ -132,17 +132,100 @@ def file_stem(name: str) -> str:
     return prefix + "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
 
 
+LOG_MAGIC = b"NPKLOG02"
+
+
+def log_records(directory) -> tuple[int, list]:
+    """The generation and the whole records of numpack.log, read as spec/FORMAT.md 6 says
+    with neither backend: `[(payload dict, end offset)]`, stopping at a torn record."""
+    import zlib
+
+    import msgpack
+
+    data = (Path(directory) / "numpack.log").read_bytes()
+    assert data[:8] == LOG_MAGIC
+    generation = int.from_bytes(data[8:16], "little")
+    records, at = [], 16
+    while at + 8 <= len(data):
+        n = int.from_bytes(data[at : at + 4], "little")
+        crc = int.from_bytes(data[at + 4 : at + 8], "little")
+        payload = data[at + 8 : at + 8 + n]
+        if len(payload) < n or zlib.crc32(payload) != crc:
+            break
+        at += 8 + n
+        records.append((msgpack.unpackb(payload, raw=False), at))
+    return generation, records
+
+
+def _apply(meta: dict, op: dict) -> None:
+    arrays = meta["arrays"]
+    names = [a["name"] for a in arrays]
+    if op["op"] == "put":
+        e = op["entry"]
+        if e["name"] in names:
+            arrays[names.index(e["name"])] = e
+        else:
+            arrays.append(e)
+    elif op["op"] == "drop":
+        del arrays[names.index(op["name"])]
+    else:
+        e = arrays[names.index(op["name"])]
+        e["modified_us"] = op["modified_us"]
+        if "rows" in op:
+            e["shape"][0] = op["rows"]
+        if "blocks" in op:
+            index = bytearray(e["compression"]["blocks"])
+            for i in range(0, len(op["blocks"]), 32):
+                k = int.from_bytes(op["blocks"][i : i + 8], "little")
+                rec = op["blocks"][i + 8 : i + 32]
+                if 24 * k == len(index):
+                    index += rec
+                else:
+                    index[24 * k : 24 * k + 24] = rec
+            e["compression"]["blocks"] = bytes(index)
+        if "deleted" in op:
+            rows = np.union1d(np.frombuffer(e["deleted"], "<u8"), np.frombuffer(op["deleted"], "<u8"))
+            e["deleted"] = rows.astype("<u8").tobytes()
+
+
 def read_metadata(directory) -> dict:
+    """The store's metadata: the snapshot with the log's commit records applied, read with
+    neither backend (spec/FORMAT.md 2, 6)."""
     import msgpack
 
     with open(Path(directory) / "metadata.npkm", "rb") as f:
-        return msgpack.unpackb(f.read(), raw=False)
+        meta = msgpack.unpackb(f.read(), raw=False)
+    if (Path(directory) / "numpack.log").exists():
+        generation, records = log_records(directory)
+        if generation == meta.get("generation"):
+            for rec, _ in records:
+                if rec["t"] == "commit":
+                    for op in rec["ops"]:
+                        _apply(meta, op)
+                    meta["next_file_id"] = rec["next_file_id"]
+    return meta
 
 
 def write_metadata(directory, meta: dict) -> None:
-    """Replace metadata.npkm as a writer would (new file, then rename)."""
+    """Make `meta` the whole metadata, as a fold would: the snapshot (new file, then rename),
+    then an empty log of its generation (none for a version 1 snapshot)."""
     import msgpack
 
     tmp = Path(directory) / "metadata.npkm.test.tmp"
     tmp.write_bytes(msgpack.packb(meta, use_bin_type=True))
     os.replace(tmp, Path(directory) / "metadata.npkm")
+    log = Path(directory) / "numpack.log"
+    if meta.get("version") == 1:
+        log.unlink(missing_ok=True)
+        return
+    generation = meta.get("generation", 1)
+    if not isinstance(generation, int) or not 0 <= generation < 2**64:
+        generation = 1
+    tmp = Path(directory) / "numpack.log.test.tmp"
+    tmp.write_bytes(LOG_MAGIC + generation.to_bytes(8, "little"))
+    os.replace(tmp, log)
+
+
+def fold(directory) -> None:
+    """Fold the log into the snapshot (with neither backend), so the snapshot holds all."""
+    write_metadata(directory, read_metadata(directory))

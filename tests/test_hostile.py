@@ -23,6 +23,7 @@ import pytest
 import zstandard
 from helpers import (
     assert_same_array,
+    fold,
     read_metadata,
     run_python,
     snapshot,
@@ -286,6 +287,7 @@ def _big_metadata(raw: bytes, how: str) -> bytes:
 )
 def test_oversized_or_hostile_metadata(backend, store_path, how):
     _store(store_path, backend)
+    fold(store_path)
     meta_file = store_path / "metadata.npkm"
     meta_file.write_bytes(_big_metadata(meta_file.read_bytes(), how))
     before = snapshot(store_path)

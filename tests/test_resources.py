@@ -108,7 +108,7 @@ def test_close_releases_everything(backend, tmp_path):
     mapped = np.asarray(lazies["raw"])  # a NumPy array over the mapping itself
     npk.getitem("comp", [1, 2])
     fds, maps = _held(path)
-    assert any(f.endswith("numpack.lock") for f in fds)
+    assert not any(f.endswith("numpack.lock") for f in fds)  # readers open no lock file
     assert maps  # the data files are mapped
     npk.close()
     npk.close()  # idempotent

@@ -373,11 +373,7 @@ fn sample() -> (Metadata, Vec<(String, Vec<u8>)>) {
         });
         blob.extend_from_slice(&enc.bytes);
     }
-    zst.set_compressed(&Compressed {
-        level: 3,
-        block_rows: 3,
-        blocks: records,
-    });
+    zst.set_compressed(Compressed::new(3, 3, records));
     zst.set_deleted(&[0]);
     files.push((zst.file.clone(), blob));
     let empty = Entry::new("e", "|u1", vec![0], 2, 3);
@@ -386,11 +382,7 @@ fn sample() -> (Metadata, Vec<(String, Vec<u8>)>) {
     // the readers and writers.
     let mut one = Entry::new("one", "<f4", vec![6, 2], 3, 4);
     let enc = compress::encode(&rows_of(6, 8, 3), one.layout(), 3).unwrap();
-    one.set_compressed(&Compressed {
-        level: 3,
-        block_rows: 8,
-        blocks: vec![enc.record],
-    });
+    one.set_compressed(Compressed::new(3, 8, vec![enc.record]));
     one.set_deleted(&[2]);
     files.push((one.file.clone(), enc.bytes));
     meta.arrays.push(zst);
@@ -778,7 +770,7 @@ fn zero_rows_do_not_hide_an_overflowing_row() {
     for shape in [vec![0, 1 << 40, 1 << 40], vec![1 << 40, 0, 1 << 40]] {
         let mut m = sample().0;
         m.arrays[0].shape = shape;
-        m.arrays[0].deleted = Default::default();
+        m.arrays[0].set_deleted(&[]);
         assert!(matches!(
             Metadata::decode(&m.encode(), "t"),
             Err(Error::Corrupt(_))
@@ -799,9 +791,9 @@ fn huge_block_rows_neither_panic_nor_hang() {
         }
         let mut m = meta.clone();
         let one = m.arrays.iter_mut().find(|e| e.name == "one").unwrap();
-        let mut c = one.compressed().unwrap().unwrap();
+        let mut c = (*one.compressed().unwrap().unwrap()).clone();
         c.block_rows = block_rows;
-        one.set_compressed(&c);
+        one.set_compressed(c);
         std::fs::write(dir.path().join("metadata.npkm"), m.encode()).unwrap();
         use_everything(dir.path(), true).unwrap();
         let mut store = Store::open(dir.path(), Duration::from_secs(5), false).unwrap();
