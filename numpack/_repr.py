@@ -74,7 +74,7 @@ def store_repr(npk) -> str:
     if npk._store is None:
         return f"NumPack({npk.path!r}, closed)"
     try:
-        entries = npk._s.entries()
+        entries = npk._entries()
     except Exception as e:  # a repr must not raise, whatever state the store is in
         return f"NumPack({npk.path!r}, backend={npk.backend!r}, unreadable: {e})"
     items = []
@@ -93,10 +93,10 @@ def store_html(npk) -> str:
     if npk._store is None:
         return f"<div>{head} (closed)</div>"
     try:
-        entries = npk._s.entries()
+        entries = npk._entries()
     except Exception as e:
         return f"<div>{head} backend <code>{_e(npk.backend)}</code>: unreadable ({_e(e)})</div>"
-    disk = sum(e[6] for e in entries)
+    disk = sum(e.bytes_on_disk for e in entries)
     count = f"{len(entries)} array" + ("" if len(entries) == 1 else "s")
     parts = [
         "<div>",

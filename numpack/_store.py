@@ -11,10 +11,13 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _backend, _dtypes, _indexing, _progress, _repr
+from ._backend import Entry
 from ._batch import BatchModeContext, WritableBatchMode
 from ._errors import (
+    ArrayNotFoundError,
     InvalidArgumentError,
     InvalidTypeError,
+    RowIndexError,
     ShapeMismatchError,
     StoreClosedError,
     os_errors,
@@ -217,13 +220,13 @@ class NumPack:
     def append(self, arrays: Mapping[str, npt.ArrayLike]) -> None:
         """Add rows at the end of arrays, in place; an array that does not exist is created."""
         items = []
-        names = set(self._s.names())
         for name, arr in _check_arrays(arrays, "append").items():
-            if name in names:
+            try:
                 dtype, shape, _ = self._s.info(name)
-                a = _dtypes.cast_rows(arr, np.dtype(dtype), shape[1:], name)
-            else:
+            except ArrayNotFoundError:
                 a = _dtypes.to_disk(arr, name)
+            else:
+                a = _dtypes.cast_rows(arr, np.dtype(dtype), shape[1:], name)
             items.append((name, a.dtype.str, a.shape, as_bytes(a)))
         self._s.append(items)
 
@@ -272,24 +275,34 @@ class NumPack:
         if not _progress.check(progress):
             self._s.compact(names)
             return
-        entries = {e[0]: e for e in self._s.entries()}
+        entries = {e.name: e for e in self._entries()}
         if names is None:  # the arrays with something to reclaim; the final call sweeps
-            todo = [
-                n
-                for n, e in entries.items()
-                if e[3] or (e[7] is not None and e[6] > e[7].get("stored_bytes", e[6]))
-            ]
+            todo = [n for n, e in entries.items() if self._reclaimable(e)]
         else:
             for n in names:  # every name exists, or nothing is compacted
                 self._s.info(n)
             todo = list(dict.fromkeys(names))
-        total = sum(entries[n][6] for n in todo if n in entries)
+        total = sum(entries[n].bytes_on_disk for n in todo if n in entries)
         with _progress.bar(True, total, "numpack compact") as bar:
             for n in todo:
                 self._s.compact([n])
-                bar.update(entries[n][6] if n in entries else 0)
+                bar.update(entries[n].bytes_on_disk if n in entries else 0)
             if names is None:
                 self._s.compact(None)
+
+    def _entries(self) -> list[Entry]:
+        return [Entry._make(e) for e in self._s.entries()]
+
+    def _reclaimable(self, e: Entry) -> bool:
+        """Whether compaction would reclaim space: dropped rows, or superseded blocks (the data
+        file holds more than the blocks' stored bytes). Arrays of a codec this numpack cannot
+        read are skipped, as compact() skips them."""
+        if e.dropped:
+            return True
+        stored = None if e.compression is None else e.compression.get("stored_bytes")
+        if stored is None:
+            return False
+        return os.stat(os.path.join(self._path, e.file)).st_size > stored
 
     @os_errors
     def reset(self) -> None:
@@ -314,9 +327,9 @@ class NumPack:
         view = self._s.view(_check_name(name))
         compression = None
         if view.buffer() is None:  # compressed, dropped rows or empty: ask the metadata
-            for e in self._s.entries():
-                if e[0] == name:
-                    compression = e[7]
+            for e in self._entries():
+                if e.name == name:
+                    compression = e.compression
                     break
         return LazyArray(view, self._path, name, self.backend, compression)
 
@@ -331,9 +344,17 @@ class NumPack:
     @os_errors
     def getitem(self, name: str, indexes: RowIndex) -> Any:
         """Rows of an array, gathered in the order of `indexes` (an int drops the first axis)."""
-        return LazyArray(self._s.view(_check_name(name)), self._path, name, self.backend).rows(
-            indexes
-        )
+        view = self._s.view(_check_name(name))
+        if type(indexes) is np.ndarray and indexes.dtype == np.int64 and indexes.ndim == 1:
+            # The common case in a hot loop: the backend checks the rows itself; negative or
+            # out-of-range ones take the general path below (which resolves or reports them).
+            out = np.empty((len(indexes), *view.shape[1:]), _dtypes.native(view.dtype))
+            try:
+                view.gather(indexes, as_bytes(out))
+                return out
+            except RowIndexError:
+                pass
+        return LazyArray(view, self._path, name, self.backend).rows(indexes)
 
     @os_errors
     def stream_load(self, name: str, buffer_size: int = 1000) -> StreamLoader:
@@ -353,7 +374,7 @@ class NumPack:
     def get_shape(self, name: str | None = None) -> dict[str, tuple[int, ...]] | tuple[int, ...]:
         """The shape of one array, or {name: shape} of all."""
         if name is None:
-            return {e[0]: tuple(e[2]) for e in self._s.entries()}
+            return {e.name: tuple(e.shape) for e in self._entries()}
         return self._shape(name)
 
     @os_errors
@@ -369,7 +390,7 @@ class NumPack:
     def get_metadata(self) -> dict[str, Any]:
         """A plain dict describing the store and each array."""
         arrays = {}
-        for name, dtype, shape, dropped, modified, file, disk, comp in self._s.entries():
+        for name, dtype, shape, dropped, modified, file, disk, comp in self._entries():
             dt = _dtypes.native(dtype)
             arrays[name] = {
                 "dtype": str(dt),

@@ -107,7 +107,37 @@ pub struct Encoded {
 /// Encodes one block: picks the filter on a sample, compresses, and stores the raw bytes
 /// instead when compression does not make them smaller.
 pub fn encode(raw: &[u8], layout: Layout, level: i32) -> Result<Encoded> {
+    encode_as(raw, layout, level, None)
+}
+
+/// Encodes one block with `filter`, or, with None, the filter that compresses a sample best.
+pub fn encode_as(raw: &[u8], layout: Layout, level: i32, filter: Option<u8>) -> Result<Encoded> {
     let crc32 = crc32fast::hash(raw);
+    let filter = match filter {
+        Some(f) => f,
+        None => pick_filter(raw, layout, level)?,
+    };
+    let compressed = compress(&apply(raw, layout, filter), level)?;
+    let (bytes, codec, filter) = if compressed.len() < raw.len() {
+        (compressed, ZSTD, filter)
+    } else {
+        (raw.to_vec(), STORED_RAW, NO_FILTER)
+    };
+    let size = bytes.len() as u64;
+    Ok(Encoded {
+        bytes,
+        record: Record {
+            offset: 0,
+            size,
+            crc32,
+            codec,
+            filter,
+        },
+    })
+}
+
+/// The filter that compresses the block's first rows (about `SAMPLE_BYTES`) best.
+fn pick_filter(raw: &[u8], layout: Layout, level: i32) -> Result<u8> {
     let rows = raw.len().checked_div(layout.row_bytes).unwrap_or(0);
     let sample_rows = rows.min((SAMPLE_BYTES / layout.row_bytes.max(1)).max(1));
     let sample = &raw[..sample_rows * layout.row_bytes];
@@ -128,24 +158,7 @@ pub fn encode(raw: &[u8], layout: Layout, level: i32) -> Result<Encoded> {
             best = (size, filter);
         }
     }
-    let filter = best.1;
-    let compressed = compress(&apply(raw, layout, filter), level)?;
-    let (bytes, codec, filter) = if compressed.len() < raw.len() {
-        (compressed, ZSTD, filter)
-    } else {
-        (raw.to_vec(), STORED_RAW, NO_FILTER)
-    };
-    let size = bytes.len() as u64;
-    Ok(Encoded {
-        bytes,
-        record: Record {
-            offset: 0,
-            size,
-            crc32,
-            codec,
-            filter,
-        },
-    })
+    Ok(best.1)
 }
 
 /// Decodes one block of `raw_len` bytes from its stored bytes, checking everything.

@@ -401,14 +401,15 @@ impl Store {
 
     /// Returns where the log ends.
     fn prepare(&mut self) -> Result<u64> {
-        if !self.dir.join(METADATA).exists() {
+        if self.source.is_none() && !self.dir.join(METADATA).exists() {
             self.meta = Metadata::empty();
             self.write_snapshot()?;
             self.write_log()?;
             return Ok(log::HEADER);
         }
         self.refresh()?;
-        if self.meta.version < VERSION || self.dir.join(journal::FILE).exists() {
+        // Only a version 1 store can hold a version 1 journal.
+        if self.meta.version < VERSION {
             journal::recover(&self.dir)?;
             self.meta.version = VERSION;
             self.write_snapshot()?;
@@ -910,6 +911,8 @@ impl Store {
                 if let Some(index) = e.compressed()? {
                     let view = s.view(item.name)?;
                     update.blocks = view.append_blocks(&path, &index, item)?;
+                    // Their references to the index would make `push` copy it whole.
+                    drop((view, index));
                 } else {
                     let file = OpenOptions::new().write(true).open(&path)?;
                     let end = e.physical_bytes();
@@ -923,6 +926,7 @@ impl Store {
                     file.write_all_at(item.data, end)?;
                 }
                 s.txn().written.insert(e.file.clone());
+                drop(e);
                 s.push(Op::Update(update))?;
             }
             Ok(())
@@ -957,6 +961,8 @@ impl Store {
                     s.replace_rows(&e, &view, physical, item.data)?;
                 }
                 s.txn().written.insert(e.file.clone());
+                // Their references to the index would make `push` copy it whole.
+                drop((view, e));
                 s.push(Op::Update(update))?;
             }
             Ok(())
@@ -1022,10 +1028,12 @@ impl Store {
         self.write(|s| {
             let view = s.view(name)?;
             view.check_rows(rows)?;
+            let deleted = view.physical(rows);
+            drop(view); // its reference to the dropped rows would make `push` copy them
             s.push(Op::Update(Update {
                 name: name.to_owned(),
                 modified_us: now_us(),
-                deleted: view.physical(rows),
+                deleted,
                 ..Default::default()
             }))
         })
@@ -1261,13 +1269,12 @@ impl View {
             .par_iter()
             .zip(&touched)
             .map(|(raw, &k)| {
-                let range = index.rows_of(k, self.physical_rows);
-                blocks::encode_rows(raw, range.end - range.start, self.layout, index.level, br)
+                // The block keeps its filter: sampling again would cost more than the rows.
+                let old = index.blocks[k];
+                let filter = (old.codec == compress::ZSTD).then_some(old.filter);
+                compress::encode_as(raw, self.layout, index.level, filter)
             })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let records = append_to(path, encoded)?;
         Ok(touched.iter().map(|&k| k as u64).zip(records).collect())
     }
