@@ -90,7 +90,10 @@ pub enum Compression {
     Zstd(Arc<Compressed>),
     /// A map this version cannot read: kept as it is, so it fails only its own array and a
     /// rewrite does not lose it; `why` says what is wrong with it.
-    Unreadable { value: rmpv::Value, why: String },
+    Unreadable {
+        value: rmpv::Value,
+        why: String,
+    },
 }
 
 /// The block index of a compressed array.
@@ -295,7 +298,7 @@ impl Entry {
                 w.name, w.shape
             ));
         }
-        if w.deleted.len() % 8 != 0 {
+        if !w.deleted.len().is_multiple_of(8) {
             return bad(format!("array {:?} has a torn dropped-row list", w.name));
         }
         let deleted: Vec<u64> = w
@@ -349,7 +352,11 @@ impl Entry {
         }
     }
 
-    fn check_compression(&self, value: &rmpv::Value, what: &str) -> std::result::Result<Option<Compressed>, String> {
+    fn check_compression(
+        &self,
+        value: &rmpv::Value,
+        what: &str,
+    ) -> std::result::Result<Option<Compressed>, String> {
         let map = match value {
             rmpv::Value::Nil => return Ok(None),
             rmpv::Value::Map(m) => m,
@@ -389,7 +396,8 @@ impl Entry {
         }
         let c = Compressed::new(level, block_rows, blocks);
         let where_ = format!("{what} (array {:?})", self.name);
-        blocks::check_index(&c, self.shape[0], self.row_bytes(), &where_).map_err(|e| e.to_string())?;
+        blocks::check_index(&c, self.shape[0], self.row_bytes(), &where_)
+            .map_err(|e| e.to_string())?;
         Ok(Some(c))
     }
 

@@ -83,7 +83,12 @@ fn pack(value: &Value) -> Vec<u8> {
 }
 
 fn map(pairs: Vec<(&str, Value)>) -> Value {
-    Value::Map(pairs.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+    Value::Map(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    )
 }
 
 fn u64s(values: impl IntoIterator<Item = u64>) -> Value {
@@ -199,8 +204,10 @@ pub fn decode(payload: &[u8], what: &str) -> Result<Record> {
         }
         Some("undo") => {
             let file = fields.str("file").filter(|f| naming::is_data_file(f));
-            let row_bytes = fields.u64("row_bytes").and_then(|r| usize::try_from(r).ok());
-            let rows = fields.bin("rows").filter(|r| r.len() % 8 == 0);
+            let row_bytes = fields
+                .u64("row_bytes")
+                .and_then(|r| usize::try_from(r).ok());
+            let rows = fields.bin("rows").filter(|r| r.len().is_multiple_of(8));
             let old = fields.bin("old");
             let (Some(file), Some(row_bytes), Some(rows), Some(old)) = (file, row_bytes, rows, old)
             else {
@@ -256,12 +263,13 @@ fn decode_op(op: &Value, what: &str) -> Result<Op> {
                 Some(v) => {
                     let b = v
                         .as_slice()
-                        .filter(|b| b.len() % 32 == 0)
+                        .filter(|b| b.len().is_multiple_of(32))
                         .ok_or_else(|| bad("has invalid blocks"))?;
                     let mut out = Vec::with_capacity(b.len() / 32);
                     for c in b.chunks_exact(32) {
                         let k = u64::from_le_bytes(c[..8].try_into().unwrap());
-                        let r = compress::unpack(&c[8..]).ok_or_else(|| bad("has invalid blocks"))?;
+                        let r =
+                            compress::unpack(&c[8..]).ok_or_else(|| bad("has invalid blocks"))?;
                         out.push((k, r[0]));
                     }
                     out
@@ -271,7 +279,7 @@ fn decode_op(op: &Value, what: &str) -> Result<Op> {
                 None => Vec::new(),
                 Some(v) => v
                     .as_slice()
-                    .filter(|b| b.len() % 8 == 0)
+                    .filter(|b| b.len().is_multiple_of(8))
                     .ok_or_else(|| bad("has an invalid dropped-row list"))?
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
@@ -340,9 +348,9 @@ impl Metadata {
                 Ok(Some(self.arrays.remove(p).file))
             }
             Op::Update(u) => {
-                let p = self
-                    .position(&u.name)
-                    .ok_or_else(|| bad(format!("updates array {:?}, which does not exist", u.name)))?;
+                let p = self.position(&u.name).ok_or_else(|| {
+                    bad(format!("updates array {:?}, which does not exist", u.name))
+                })?;
                 let e = &mut self.arrays[p];
                 update(e, u).map_err(|m| bad(format!("updates array {:?}: {m}", u.name)))?;
                 Ok(None)
@@ -374,7 +382,12 @@ fn update(e: &mut Entry, u: &Update) -> std::result::Result<(), String> {
             // What a read allocates stays bounded by the stored bytes (FORMAT.md 7).
             let row = e.shape[1..].iter().product::<u64>() * itemsize(&e.dtype).unwrap() as u64;
             let last = c.blocks.len().saturating_sub(1) as u64;
-            for k in u.blocks.iter().map(|&(k, _)| k).chain((!c.blocks.is_empty()).then_some(last)) {
+            for k in u
+                .blocks
+                .iter()
+                .map(|&(k, _)| k)
+                .chain((!c.blocks.is_empty()).then_some(last))
+            {
                 let r = c.rows_of(k as usize, e.shape[0]);
                 let raw = (r.end - r.start).saturating_mul(row);
                 if raw.div_ceil(super::blocks::MAX_RATIO) > c.blocks[k as usize].size {

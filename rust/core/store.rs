@@ -109,6 +109,9 @@ pub struct Store {
     durable: bool,
     meta: Metadata,
     source: Option<Source>,
+    /// The log opened for writing, kept while its file stays the same (a fold or a reload
+    /// drops it).
+    log_file: Option<File>,
     snapshot_len: u64,
     maps: HashMap<String, Arc<Mmap>>,
     /// Writable mappings for `replace`: scattered rows written through a mapping cost a
@@ -136,6 +139,7 @@ impl Store {
             durable,
             meta: Metadata::empty(),
             source: None,
+            log_file: None,
             snapshot_len: 0,
             maps: HashMap::new(),
             write_maps: HashMap::new(),
@@ -207,9 +211,10 @@ impl Store {
 
     fn missing(&self, e: std::io::Error) -> Error {
         match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::Corrupt(format!("{}: metadata is missing", self.dir.join(METADATA).display()))
-            }
+            std::io::ErrorKind::NotFound => Error::Corrupt(format!(
+                "{}: metadata is missing",
+                self.dir.join(METADATA).display()
+            )),
             _ => e.into(),
         }
     }
@@ -249,7 +254,13 @@ impl Store {
             let mut f = match File::open(&log_path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.install(meta, bytes.len(), Source::Snapshot { stamp: snapshot_stamp });
+                    self.install(
+                        meta,
+                        bytes.len(),
+                        Source::Snapshot {
+                            stamp: snapshot_stamp,
+                        },
+                    );
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
@@ -267,7 +278,14 @@ impl Store {
                 }
                 std::cmp::Ordering::Greater => continue,
                 std::cmp::Ordering::Equal => {
-                    self.install(meta, bytes.len(), Source::Log { stamp, end: log::HEADER });
+                    self.install(
+                        meta,
+                        bytes.len(),
+                        Source::Log {
+                            stamp,
+                            end: log::HEADER,
+                        },
+                    );
                     let end = self.apply_log(&log_bytes[log::HEADER as usize..], log::HEADER)?;
                     self.source = Some(Source::Log { stamp, end });
                     return Ok(());
@@ -281,6 +299,7 @@ impl Store {
     }
 
     fn install(&mut self, meta: Metadata, snapshot_len: usize, source: Source) {
+        self.log_file = None;
         self.meta = meta;
         self.snapshot_len = snapshot_len as u64;
         self.source = Some(source);
@@ -471,6 +490,17 @@ impl Store {
         Ok(())
     }
 
+    /// The log, open for writing (under the lock).
+    fn log_writer(&mut self) -> Result<&File> {
+        if self.log_file.is_none() {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(self.dir.join(log::FILE))?;
+            self.log_file = Some(f);
+        }
+        Ok(self.log_file.as_ref().expect("opened above"))
+    }
+
     fn txn(&mut self) -> &mut Txn {
         self.txn.as_mut().expect("inside a transaction")
     }
@@ -492,8 +522,7 @@ impl Store {
     fn rollback(&mut self, sp: Savepoint) -> Result<()> {
         let undo = self.txn().undo.split_off(sp.undo);
         self.restore(&undo)?;
-        let f = OpenOptions::new().write(true).open(self.dir.join(log::FILE))?;
-        f.set_len(sp.log_end)?;
+        self.log_writer()?.set_len(sp.log_end)?;
         let t = self.txn();
         t.log_end = sp.log_end;
         let created = t.created.split_off(sp.created);
@@ -562,18 +591,17 @@ impl Store {
                 files::sync_dir(&self.dir)?;
             }
         }
-        let record = log::commit(self.meta.next_file_id, &t.ops);
-        let f = OpenOptions::new().write(true).open(self.dir.join(log::FILE))?;
-        f.write_all_at(&record, t.log_end)?;
-        if self.durable {
+        let (record, at) = (log::commit(self.meta.next_file_id, &t.ops), t.log_end);
+        let durable = self.durable;
+        let f = self.log_writer()?;
+        f.write_all_at(&record, at)?;
+        if durable {
             f.sync_data()?;
         }
-        let end = t.log_end + record.len() as u64;
+        let stamp = stamp_of(&f.metadata()?);
+        let end = at + record.len() as u64;
         self.txn().log_end = end;
-        self.source = Some(Source::Log {
-            stamp: stamp_of(&f.metadata()?),
-            end,
-        });
+        self.source = Some(Source::Log { stamp, end });
         Ok(())
     }
 
@@ -604,6 +632,7 @@ impl Store {
     }
 
     fn write_log(&mut self) -> Result<()> {
+        self.log_file = None;
         let header = log::header(self.meta.generation);
         files::replace(&self.dir, log::FILE, &header, self.durable)?;
         let st = fs::metadata(self.dir.join(log::FILE))?;
@@ -751,14 +780,22 @@ impl Store {
     }
 
     /// Checks the frame headers of a compressed array's blocks not checked yet.
-    fn check_frames(&mut self, e: &Entry, index: &Compressed, map: &[u8], what: &str) -> Result<()> {
+    fn check_frames(
+        &mut self,
+        e: &Entry,
+        index: &Compressed,
+        map: &[u8],
+        what: &str,
+    ) -> Result<()> {
         let (rows, layout) = (e.shape[0], e.layout());
         if !self.checked.contains(&e.file) {
             blocks::check_frames(map, index, rows, layout, what, 0..index.blocks.len())?;
             self.fresh.remove(&e.file);
             self.checked.insert(e.file.clone());
         } else if let Some(ks) = self.fresh.remove(&e.file) {
-            if let Err(err) = blocks::check_frames(map, index, rows, layout, what, ks.iter().copied()) {
+            if let Err(err) =
+                blocks::check_frames(map, index, rows, layout, what, ks.iter().copied())
+            {
                 self.fresh.insert(e.file.clone(), ks);
                 return Err(err);
             }
@@ -956,7 +993,8 @@ impl Store {
                 };
                 if view.index.is_some() {
                     // New block versions go after the old ones; the commit switches to them.
-                    update.blocks = view.replace_blocks(&s.dir.join(&e.file), &physical, item.data)?;
+                    update.blocks =
+                        view.replace_blocks(&s.dir.join(&e.file), &physical, item.data)?;
                 } else if !physical.is_empty() {
                     s.replace_rows(&e, &view, physical, item.data)?;
                 }
@@ -970,15 +1008,22 @@ impl Store {
     }
 
     /// Overwrites rows of a raw array in place, after logging their old contents.
-    fn replace_rows(&mut self, e: &Entry, view: &View, physical: Vec<u64>, data: &[u8]) -> Result<()> {
+    fn replace_rows(
+        &mut self,
+        e: &Entry,
+        view: &View,
+        physical: Vec<u64>,
+        data: &[u8],
+    ) -> Result<()> {
         let row = view.row;
         let mut old = vec![0u8; data.len()];
         gather::rows(view.src(), row, &physical, &mut old);
         let record = log::undo(&e.file, row, &physical, &old);
-        let f = OpenOptions::new().write(true).open(self.dir.join(log::FILE))?;
         let at = self.txn().log_end;
+        let durable = self.durable;
+        let f = self.log_writer()?;
         f.write_all_at(&record, at)?;
-        if self.durable {
+        if durable {
             f.sync_data()?;
         }
         let t = self.txn();
@@ -986,20 +1031,21 @@ impl Store {
         t.undo.push(log::Undo {
             file: e.file.clone(),
             row_bytes: row,
-            rows: physical,
+            rows: physical.clone(),
             old,
         });
-        let physical = &self.txn.as_ref().expect("inside").undo.last().expect("pushed").rows.clone();
         if self.durable {
             // fsync of pages dirtied through a mapping cost ~30 ms here against a few ms for
             // the same rows written with pwrite (bench_store, durable rows).
-            let f = OpenOptions::new().write(true).open(self.dir.join(&e.file))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(self.dir.join(&e.file))?;
             for (k, &r) in physical.iter().enumerate() {
                 f.write_all_at(&data[k * row..(k + 1) * row], r * row as u64)?;
             }
         } else {
             let map = self.write_mapping(&e.file, e.physical_bytes() as usize)?;
-            write_rows(map, row, physical, data);
+            write_rows(map, row, &physical, data);
         }
         Ok(())
     }
@@ -1073,12 +1119,17 @@ impl Store {
                 match compressed {
                     Some(index) => {
                         let records = files::create_with(&path, |f| view.recompress(f, &index))?;
-                        fresh.set_compressed(Compressed::new(index.level, index.block_rows, records));
+                        fresh.set_compressed(Compressed::new(
+                            index.level,
+                            index.block_rows,
+                            records,
+                        ));
                     }
                     None => files::create_with(&path, |f| {
                         let mut out = std::io::BufWriter::with_capacity(1 << 22, f);
                         for (_, first, n) in view.rows.runs(0, view.shape[0]) {
-                            let (a, b) = (first as usize * view.row, (first + n) as usize * view.row);
+                            let (a, b) =
+                                (first as usize * view.row, (first + n) as usize * view.row);
                             std::io::Write::write_all(&mut out, &view.src()[a..b])?;
                         }
                         Ok(std::io::Write::flush(&mut out)?)
