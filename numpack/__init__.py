@@ -13,10 +13,12 @@ from ._errors import (
     StoreClosedError,
     StoreIOError,
     StoreLockedError,
+    WriterSupersededError,
 )
 from ._lazy import LazyArray
 from ._npy8 import NPY8
 from ._npyt import NPYT
+from ._search import top_k
 from ._store import NumPack, StreamLoader
 
 __version__ = "0.1.0"
@@ -38,8 +40,10 @@ __all__ = [
     "StoreIOError",
     "StoreLockedError",
     "StreamLoader",
+    "WriterSupersededError",
     "export_npy",
     "import_folder",
     "import_npy",
     "import_npz",
+    "top_k",
 ]

@@ -2,7 +2,9 @@
 
 Layout (spec/NPYT.md section 6): files `<t>.npy`, `t` a time in ns since the epoch, strictly
 increasing; `.lock`, a raw little-endian uint64 array listing the newest files in order, 0 for
-an empty slot. The writer holds an exclusive flock on `.lock`.
+an empty slot. The writer holds an exclusive flock on `.lock` (handed to a newer writer object
+of the folder in this process, as NPYT's is) and NPYT's lock on the newest file. Pure Python,
+whatever the backend setting, as NPYT.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ._npyt import (
     pread,
     public_os_errors,
     pwrite,
+    superseded,
+    take_write_lock,
     try_lock,
     unlock,
 )
@@ -47,6 +51,11 @@ class NPY8:
 
     A batch of rows is never split across files. Files that fall off the list stay on disk
     (shrunk to their data); `merge()` combines them.
+
+    The first append() takes the folder's write lock. A newer object of the same folder in
+    this process that appends takes it over (a notebook cell run again); the older object's
+    append() then raises WriterSupersededError, and its reads go on. Another process's
+    appender gets StoreLockedError.
     """
 
     def __init__(self, name, capacity_per_file: int = 1024, query_size: int = 8, dtype=None):
@@ -59,7 +68,10 @@ class NPY8:
             self._rs = extra or None
         self._path.mkdir(parents=True, exist_ok=True)
         self._list_path = self._path / ".lock"
-        self._fd = None  # Fd on `.lock`: pread for everyone, the flock for the writer
+        self._fd = None  # Fd on `.lock`, for pread (everyone) and list repairs
+        self._lock = None  # the writer's WriteLock on `.lock`, and `_ticket`, its turn in it
+        self._ticket = None
+        self._superseded = False  # a newer appender in this process took the folder over
         self._list = None  # the writer's mapped view of `.lock`
         self._writer = None  # NPYT on the newest file (writer only)
         self._reader = None  # NPYT on the file read() is in
@@ -150,22 +162,40 @@ class NPY8:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def _writing(self) -> bool:
+        """True while this object is the folder's writer. A superseded writer lets go of its
+        files here (the lock and the newest file are the newer object's now)."""
+        if self._list is None:
+            return False
+        if self._lock.holds(self._ticket):
+            return True
+        self._superseded = True
+        self._list = self._lock = self._ticket = None
+        if self._writer is not None:
+            self._writer.close()  # its lock was handed on as well, or goes now
+            self._writer = None
+        return False
+
     def _become_writer(self) -> None:
-        if self._list is not None:
+        if self._writing():
             return
-        fd = self._fd.fd
-        lock(fd, str(self._path))
+        if self._superseded:
+            raise superseded(self._path, "folder", "load() then append()")
+        self._lock, self._ticket = take_write_lock(self._list_path, self)
         try:
             self._rebuild_if_stale()
-            mm = map_file(self._list_path, fd, 8 * self._size, writable=True)
+            mm = map_file(self._list_path, self._lock.fd.fd, 8 * self._size, writable=True)
+            self._list = np.ndarray((self._size,), "<u8", buffer=mm)
+            listed = self._listed()
+            if listed and self._file(listed[-1]).exists():
+                # Takes the newest file over from an older writer of the folder in this process.
+                self._writer = NPYT(self._file(listed[-1]), self._dtype_arg()).load("r+")
+                self._dt, self._rs = self._writer._dt, self._writer._rs
         except BaseException:
-            unlock(fd)
+            self._list = None
+            self._lock.give_back(self._ticket)  # to an older writer of the folder, if any
+            self._lock = self._ticket = None
             raise
-        self._list = np.ndarray((self._size,), "<u8", buffer=mm)
-        listed = self._listed()
-        if listed and self._file(listed[-1]).exists():
-            self._writer = NPYT(self._file(listed[-1]), self._dtype_arg()).load("r+")
-            self._dt, self._rs = self._writer._dt, self._writer._rs
 
     def _dtype_arg(self):
         if self._dt is None:
@@ -203,7 +233,7 @@ class NPY8:
         NPYT(self._file(ts), self._dtype_arg()).save(rows, capacity=max(self._cpf, len(rows)))
         if len(listed) == self._size:
             try:
-                with NPYT(self._file(listed[0])).load("r+") as old:
+                with NPYT(self._file(listed[0]))._open("r+", take_over=False) as old:
                     old.resize()
             except (StoreLockedError, StoreIOError, CorruptStoreError):
                 pass  # shrinking only saves disk space; a file someone holds keeps its room
@@ -330,7 +360,7 @@ class NPY8:
         """Rows in the newest file; 0 when there is none."""
         self._need_loaded()
         listed = self._listed()
-        if self._writer is not None:
+        if self._writing() and self._writer is not None:
             return self._writer.end()
         for ts in reversed(listed):
             v = self._view(ts)
@@ -361,7 +391,7 @@ class NPY8:
         files = [t for t in self._disk()[: -(self._size + 1)] if t < oldest]
         for i in range(0, len(files) - batch_size + 1, batch_size):
             batch = files[i : i + batch_size]
-            with NPYT(self._file(batch[0])).load("r+") as first:
+            with NPYT(self._file(batch[0]))._open("r+", take_over=False) as first:
                 for ts in batch[1:]:
                     first.merge(self._file(ts))
                 first.resize()
@@ -369,9 +399,12 @@ class NPY8:
         return True
 
     def remove(self) -> None:
-        """Delete the folder (refused while another process appends to it)."""
+        """Delete the folder (refused while another process, or another object in this one,
+        appends to it)."""
         self._need_loaded()
-        if self._list is None:
+        if not self._writing():
+            if self._superseded:
+                raise superseded(self._path, "folder", "load() then append()")
             lock(self._fd.fd, str(self._path))
         self._close_files()
         shutil.rmtree(self._path)
@@ -387,9 +420,13 @@ class NPY8:
         self._writer = self._reader = None
 
     def close(self) -> None:
-        """Close every file and give up the writer's lock."""
+        """Close every file and give up the writer's lock (unless a newer object took it)."""
         self._close_files()
         self._list = None
+        if self._lock is not None:
+            self._lock.release(self._ticket)  # nothing, if it was handed on
+        self._lock = self._ticket = None
+        self._superseded = False
         if self._fd is not None:
             self._fd.close()
             self._fd = None

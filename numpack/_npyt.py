@@ -5,8 +5,10 @@ the rows and a 40-byte tail of little-endian uint64 `start, end, timestamp_ns, d
 magic` (the layout of the `npyt` package). spec/NPYT.md is the normative description; the
 comments here say why the code does what it does.
 
-One implementation serves both backends: the work is memory mapping and a few syscalls, which
-NumPy and the os module already do without copies.
+NPYT and NPY8 are this one pure-Python implementation whatever the backend setting (the
+`backend=` argument and NUMPACK_BACKEND are NumPack's; NPYT's signature is npyt's): the work is
+memory mapping and a few syscalls, which NumPy and the os module already do without copies.
+It is tested once (tests/test_npyt.py, test_npy8.py), not once per backend.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import ast
 import errno
 import functools
+import itertools
 import math
 import mmap
 import operator
 import os
 import shutil
 import struct
+import threading
 import time
 import uuid
 import weakref
@@ -38,6 +42,7 @@ from ._errors import (
     ShapeMismatchError,
     StoreClosedError,
     StoreLockedError,
+    WriterSupersededError,
     os_errors,
 )
 
@@ -104,16 +109,171 @@ def lock(fd: int, what: str) -> None:
     deadline = time.monotonic() + _LOCK_WAIT_S
     while not try_lock(fd):
         if time.monotonic() >= deadline:
-            raise StoreLockedError(
-                f"{what}: another writer (another process, or another object in this one) "
-                "holds its write lock"
-            )
+            raise StoreLockedError(f"{what}: {_holder(fd)} holds its write lock")
         time.sleep(0.002)
 
 
 def unlock(fd: int) -> None:
     if fcntl is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+# -- the writer's lock, handed from object to object within a process ------------------------
+#
+# flock belongs to an open file description, not to a process: a second descriptor opened on
+# the same file in the same process is refused like one in another process. So when a newer
+# writer object of a file this process already writes asks for the lock (a notebook cell run
+# again, npyt's `t.resize(n); t = NPYT(f).load(mmap_mode="r+")`), the descriptor that holds
+# the lock is handed to it instead: the lock never leaves the process, and the older object
+# is superseded. `_WRITE_LOCKS` finds that descriptor by the file's (st_dev, st_ino).
+
+
+class WriteLock:
+    """The exclusive flock on one file, held by this process for one writer object at a time.
+
+    Each hand-over draws a new `ticket` (unique in the process); the object holding the
+    current one is the owner, and only it releases the lock: by `release(ticket)` (its
+    close()) or by being garbage-collected (a weakref.finalize on the owner, moved at each
+    hand-over). Older owners keep a reference to this object but can neither write through it
+    nor release it.
+    """
+
+    __slots__ = ("key", "fd", "pid", "ticket", "released", "_finalizer", "_previous")
+
+    def __init__(self, key: tuple[int, int], fd: Fd) -> None:
+        self.key, self.fd, self.pid = key, fd, os.getpid()
+        self.ticket, self.released = 0, False
+        self._finalizer: weakref.finalize | None = None
+        self._previous: tuple[weakref.ref, int] | None = None  # for give_back()
+
+    def holds(self, ticket: int | None) -> bool:
+        return ticket == self.ticket and not self.released
+
+    def _hand_to(self, owner: object) -> int | None:
+        """Make `owner` the owner (the caller holds _WRITE_LOCKS_GUARD); None if released."""
+        self._previous = None
+        if self._finalizer is not None:
+            # From now on the previous owner's collection is harmless.
+            detached = self._finalizer.detach()
+            if detached is not None:
+                self._previous = (weakref.ref(detached[0]), self.ticket)
+        if self.released:  # its owner was collected just before the detach
+            return None
+        self.ticket = next(_TICKETS)
+        self._finalizer = weakref.finalize(owner, self.release, self.ticket)
+        return self.ticket
+
+    def give_back(self, ticket: int | None) -> None:
+        """Undo the hand-over that gave `ticket` (its new owner failed to open the file): the
+        previous owner, if still alive, holds the lock again; else it is released."""
+        with _WRITE_LOCKS_GUARD:
+            if not self.holds(ticket):
+                return
+            previous, self._previous = self._previous, None
+            owner = previous[0]() if previous is not None else None
+            if owner is None or previous is None:
+                self.release(ticket)
+                return
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            self.ticket = previous[1]
+            self._finalizer = weakref.finalize(owner, self.release, self.ticket)
+
+    def release(self, ticket: int | None) -> None:
+        """Give up the lock, if `ticket` is still the current one (else do nothing)."""
+        with _WRITE_LOCKS_GUARD:
+            if not self.holds(ticket):
+                return
+            self.released = True
+            if _WRITE_LOCKS.get(self.key) is self:
+                del _WRITE_LOCKS[self.key]
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+            self.fd.close()  # unlocks: no other descriptor shares this open file description
+
+
+# Re-entrant: a finalizer releasing a lock may run (garbage collection) while this thread holds
+# the guard.
+_WRITE_LOCKS_GUARD = threading.RLock()
+_WRITE_LOCKS: dict[tuple[int, int], WriteLock] = {}
+_TICKETS = itertools.count(1)
+
+
+def _forget_write_locks() -> None:
+    """In a forked child: the parent's writers are not this process's to take over."""
+    global _WRITE_LOCKS_GUARD
+    _WRITE_LOCKS_GUARD = threading.RLock()
+    _WRITE_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_write_locks)
+
+
+def _held_here(key: tuple[int, int]) -> WriteLock | None:
+    wl = _WRITE_LOCKS.get(key)
+    if wl is None or wl.released or wl.pid != os.getpid():
+        return None
+    return wl
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock on the file open on `fd`, for an error message."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return "another writer"
+    with _WRITE_LOCKS_GUARD:
+        here = _held_here((st.st_dev, st.st_ino)) is not None
+    return _IN_PROCESS if here else "another process"
+
+
+_IN_PROCESS = "a writer object in this process (close() it first)"
+
+
+def take_write_lock(path, owner: object, take_over: bool = True) -> tuple[WriteLock, int]:
+    """The write lock on the file at `path` for `owner`, and owner's ticket.
+
+    If a writer object in this process holds it, `take_over` hands it to `owner` (no waiting);
+    otherwise the lock is taken on a new descriptor, waiting up to _LOCK_WAIT_S, then
+    StoreLockedError. Opens the file read-write.
+    """
+    fd, kept = Fd(path, os.O_RDWR), False
+    try:
+        st = os.fstat(fd.fd)
+        key = (st.st_dev, st.st_ino)
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            with _WRITE_LOCKS_GUARD:
+                held = _held_here(key)
+                if held is not None and take_over:
+                    ticket = held._hand_to(owner)
+                    if ticket is not None:
+                        return held, ticket  # the lock stays on the descriptor that has it
+                elif held is None and try_lock(fd.fd):
+                    wl = WriteLock(key, fd)
+                    ticket = wl._hand_to(owner)
+                    assert ticket is not None
+                    _WRITE_LOCKS[key] = wl
+                    kept = True
+                    return wl, ticket
+            if time.monotonic() >= deadline:
+                who = _IN_PROCESS if held is not None else _holder(fd.fd)
+                raise StoreLockedError(f"{path}: {who} holds its write lock")
+            time.sleep(0.002)
+    finally:
+        if not kept:
+            fd.close()
+
+
+def superseded(path, what: str = "file", again: str = "load('r+')") -> WriterSupersededError:
+    """The error for a write through an object whose writer's lock a newer one took over."""
+    return WriterSupersededError(
+        f"{path}: this writer was superseded by a newer writer of the same {what} in this "
+        f"process; write through the newer object, or call {again} on this one to take the "
+        f"{what} back"
+    )
 
 
 class Fd:
@@ -327,9 +487,13 @@ def read_header(fd: int, name) -> Header:
     return h
 
 
+_PARSE_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=256)  # NPY8 opens file after file with the same header
 def _parse_header(raw: bytes, version: int) -> tuple[np.dtype, tuple]:
-    d = ast.literal_eval(raw.decode("utf8" if version == 3 else "latin1"))
+    with _PARSE_LOCK:  # CPython's AST conversion is not thread-safe (SystemError, gh-106905)
+        d = ast.literal_eval(raw.decode("utf8" if version == 3 else "latin1"))
     if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
         raise ValueError("wrong keys")
     shape = d["shape"]
@@ -435,9 +599,12 @@ class NPYT:
         r = NPYT("ticks.npy").load("r")        # reader, in any process
         new = r.read(1024)                     # rows appended since the last read
 
-    `load("r+")` takes an exclusive advisory lock (flock) on the file; a second writer gets
-    StoreLockedError. Readers take no lock and only ever see complete rows. Arrays returned
-    are views of the file (no copy) except `pop`, which returns a copy.
+    `load("r+")` takes an exclusive advisory lock (flock) on the file; a writer in another
+    process gets StoreLockedError. In this process a newer `load("r+")` of the same file takes
+    the lock over (a notebook cell run again; npyt's `t = NPYT(f).load(mmap_mode="r+")` while
+    the old `t` is alive): the older object becomes a reader, and its writes raise
+    WriterSupersededError. Readers take no lock and only ever see complete rows. Arrays
+    returned are views of the file (no copy) except `pop`, which returns a copy.
     """
 
     def __init__(
@@ -453,30 +620,47 @@ class NPYT:
             self._dt, extra = file_dtype(dtype)
             self._rs = extra or None
         self._mode = None  # None (not loaded), "r" or "r+"
-        self._fd = None  # Fd: the writer's locked descriptor, or the reader's for pread
+        self._fd = None  # Fd: the writer's locked descriptor (its WriteLock's), or the reader's
+        self._lock = None  # WriteLock while a writer, and `_ticket`, this object's turn in it
+        self._ticket = None
+        self._superseded = False  # a newer writer in this process took the file over
         self._mm = self._a = self._t = self._h = None
         self._start = self._end = self._ts = self._tell = 0
 
     # -- opening ---------------------------------------------------------------------------
 
     def load(self, mmap_mode: str = "r") -> NPYT:
-        """Map the file: "r" to read, "r+" to read and write (takes the write lock)."""
+        """Map the file: "r" to read, "r+" to read and write (takes the write lock).
+
+        A writer object of the same file in this process hands the lock over: this object
+        becomes the writer and the older one is superseded (its writes raise
+        WriterSupersededError; it goes on reading). Across processes a second writer gets
+        StoreLockedError."""
+        return self._open(mmap_mode, take_over=True)
+
+    def _open(self, mmap_mode: str, take_over: bool) -> NPYT:
+        """load(); without `take_over`, a writer elsewhere in this process is refused too (for
+        whole-file changes on behalf of another call: merge, NPY8's roll-over)."""
         if mmap_mode not in ("r", "r+"):
             raise InvalidArgumentError(f"mmap_mode must be 'r' or 'r+', got {mmap_mode!r}")
         writer = mmap_mode == "r+"
-        if not (writer and self._mode == "r+" and self._same_inode()):
+        held = self._mode == "r+" and self._lock.holds(self._ticket)
+        fresh = not (writer and held and self._same_inode())
+        if fresh:
             self.close()  # our own lock, if any, must go before we take it again
-            self._fd = Fd(self._path, os.O_RDWR if writer else os.O_RDONLY)
             if writer:
-                try:
-                    lock(self._fd.fd, str(self._path))
-                except BaseException:
-                    self.close()
-                    raise
-        self._mode = mmap_mode
+                self._lock, self._ticket = take_write_lock(self._path, self, take_over)
+                self._fd = self._lock.fd
+            else:
+                self._fd = Fd(self._path, os.O_RDONLY)
+        self._mode, self._superseded = mmap_mode, False
         try:
             self._map()
         except BaseException:
+            if fresh and self._lock is not None:
+                # A load that fails changes nothing: an older writer keeps the file.
+                self._lock.give_back(self._ticket)
+                self._fd = self._lock = self._ticket = None
             self.close()
             raise
         self._tell = self._start
@@ -539,12 +723,48 @@ class NPYT:
         self._start, self._end, self._ts = start, end, ts
 
     def close(self) -> None:
-        """Drop the mapping and the write lock. Arrays already returned stay valid."""
+        """Drop the mapping and the write lock (unless a newer writer object has taken it
+        over). Arrays already returned stay valid."""
         self._mm = self._a = self._t = self._h = None
-        if self._fd is not None:
+        if self._lock is not None:
+            self._lock.release(self._ticket)  # nothing, if it was handed on
+        elif self._fd is not None:
             self._fd.close()
-            self._fd = None
-        self._mode = None
+        self._fd = self._lock = self._ticket = None
+        self._mode, self._superseded = None, False
+
+    def _writing(self) -> bool:
+        """True while this object is the writer; a superseded writer becomes a reader here."""
+        lk = self._lock  # set exactly while the mode is "r+"
+        if lk is None:
+            return False
+        if lk.ticket == self._ticket and not lk.released:  # lk.holds(), inlined: every call
+            return True
+        self._become_reader()
+        return False
+
+    def _become_reader(self) -> None:
+        """A newer writer took the file over: go on as a reader of it (own descriptor, mapped
+        read-only, tail read from the file), or closed if the file is no longer at our path."""
+        key = self._lock.key
+        self._mm = self._a = self._t = self._h = None
+        self._fd = self._lock = self._ticket = None  # the WriteLock is the new writer's now
+        self._mode, self._superseded = None, True
+        try:
+            fd = Fd(self._path, os.O_RDONLY)
+        except OSError:
+            raise superseded(self._path) from None
+        st = os.fstat(fd.fd)
+        if (st.st_dev, st.st_ino) != key:
+            fd.close()
+            raise superseded(self._path)
+        self._fd, self._mode = fd, "r"
+        try:
+            self._map()
+        except BaseException:
+            self.close()
+            self._superseded = True
+            raise
 
     def __enter__(self) -> NPYT:
         return self
@@ -554,7 +774,8 @@ class NPYT:
 
     def __repr__(self) -> str:
         if self._mode is None:
-            return f"NPYT({str(self._path)!r}, dtype={self._dt}, not loaded)"
+            state = "superseded by a newer writer" if self._superseded else "not loaded"
+            return f"NPYT({str(self._path)!r}, dtype={self._dt}, {state})"
         self._sync()
         return (
             f"NPYT({str(self._path)!r}, dtype={self._dt}, rows={self._rs}, start={self._start}, "
@@ -570,8 +791,10 @@ class NPYT:
         header put it: `end` may straddle a cache line, and the writer may be moving the tail.
         """
         if self._mode is None:
+            if self._superseded:
+                raise superseded(self._path)
             raise StoreClosedError(f"{self._path}: not loaded; call load() first")
-        if self._mode == "r+":
+        if self._writing():
             return
         fd, pos = self._fd.fd, self._h.tail_pos()
         while True:
@@ -596,6 +819,13 @@ class NPYT:
         t[2] = self._ts = time.time_ns()
 
     def _need_writer(self) -> None:
+        lk = self._lock
+        if lk is not None and lk.ticket == self._ticket and not lk.released:
+            return  # the writer: _writing()'s fast path, inlined (every append comes here)
+        if self._writing():
+            return
+        if self._superseded:
+            raise superseded(self._path)
         if self._mode is None:
             raise StoreClosedError(f"{self._path}: not loaded; call load('r+') first")
         if self._mode != "r+":
@@ -611,6 +841,10 @@ class NPYT:
         capacity = count_arg(capacity, "capacity")
         if skip_if_exists and self._path.exists():
             return self
+        if self._mode == "r+":
+            self._writing()  # notices a newer writer
+        if self._superseded:
+            raise superseded(self._path)
         if array is None:
             if self._dt is None:
                 raise InvalidArgumentError("save() without an array needs NPYT(..., dtype=...)")
@@ -835,7 +1069,8 @@ class NPYT:
     def _exclusive(self):
         """A lock for a whole-file change: ours if we write, else a brief one (or
         StoreLockedError while another writer has the file)."""
-        if self._mode == "r+":
+        if self._mode == "r+" or self._superseded:
+            self._need_writer()  # a superseded writer changes nothing
             return None
         guard = Fd(self._path, os.O_RDONLY)
         try:
@@ -899,11 +1134,14 @@ class NPYT:
 
     def merge(self, other: NPYT | str | os.PathLike[str]) -> bool:
         """Append all of `other` (an NPYT or a path) and delete it. Returns True."""
+        self._need_writer()
         if not isinstance(other, NPYT):
             other = NPYT(other)
         if other._path.resolve() == self._path.resolve():
             raise InvalidArgumentError("cannot merge a file into itself")
-        if other._mode != "r+":
-            other.load("r+")  # its lock first, so that a failure leaves both files as they were
+        if not other._writing():
+            # Its lock first, so that a failure leaves both files as they were; a writer of it
+            # elsewhere in this process is refused, not taken over.
+            other._open("r+", take_over=False)
         self.expend(other.data())
         return other.remove()

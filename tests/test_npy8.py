@@ -1,7 +1,8 @@
-"""NPY8: the endless folder of NPYT files (spec/NPYT.md section 6)."""
+"""NPY8: the endless folder of NPYT files (spec/NPYT.md section 6); run once, as test_npyt.py."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -9,16 +10,17 @@ import sys
 import numpy as np
 import pytest
 from helpers import assert_same_array, subprocess_env
-from test_npyt import ROW, ROWS_CODE, check_rows, make_rows, run_processes
+from test_npyt import (
+    ROW,
+    ROWS_CODE,
+    ask_other_process,
+    check_rows,
+    lock_is_held,
+    make_rows,
+    run_processes,
+)
 
-from numpack import NPY8, NPYT, InvalidArgumentError, StoreLockedError
-
-
-@pytest.fixture
-def env_backend(backend, monkeypatch):
-    """NPY8 has no backend argument (its signature is npyt's): it follows NUMPACK_BACKEND."""
-    monkeypatch.setenv("NUMPACK_BACKEND", backend)
-    return backend
+from numpack import NPY8, NPYT, InvalidArgumentError, StoreLockedError, WriterSupersededError
 
 
 @pytest.fixture
@@ -31,6 +33,9 @@ def npyt_pkg(monkeypatch):
         mod.descr_to_dtype = npyt_format._origin_descr_to_dtype
         monkeypatch.setattr(mod, "descr_to_dtype", npyt_format._descr_to_dtype)
     return npyt
+
+
+other_process = pytest.fixture(name="other_process")(ask_other_process)
 
 
 def listed(folder) -> list[int]:
@@ -48,7 +53,7 @@ def read_all(r, n=1024) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, ROW)
 
 
-def test_append_rolls_over_and_lists_the_newest_files(env_backend, tmp_path):
+def test_append_rolls_over_and_lists_the_newest_files(tmp_path):
     folder = tmp_path / "ticks"
     w = NPY8(folder, capacity_per_file=5, query_size=3).load()
     assert w.capacity() == 15 and w.start() == 0 and w.end() == 0 and w.dtype() is None
@@ -71,7 +76,7 @@ def test_append_rolls_over_and_lists_the_newest_files(env_backend, tmp_path):
     assert NPY8(tmp_path / "q", query_size=1).load().capacity() == 2 * 1024  # at least 2
 
 
-def test_read_continues_across_files(env_backend, tmp_path):
+def test_read_continues_across_files(tmp_path):
     folder = tmp_path / "ticks"
     w = NPY8(folder, capacity_per_file=10, query_size=4, dtype=ROW).load()
     r = NPY8(folder).load()
@@ -94,7 +99,7 @@ def test_read_continues_across_files(env_backend, tmp_path):
         r.read(-1)
 
 
-def test_a_reader_behind_the_list_reads_dropped_files_from_disk(env_backend, tmp_path):
+def test_a_reader_behind_the_list_reads_dropped_files_from_disk(tmp_path):
     folder = tmp_path / "ticks"
     w = NPY8(folder, capacity_per_file=4, query_size=2).load()
     r = NPY8(folder).load()
@@ -106,7 +111,7 @@ def test_a_reader_behind_the_list_reads_dropped_files_from_disk(env_backend, tmp
     assert r.end() == 4
 
 
-def test_head_tail_end(env_backend, tmp_path):
+def test_head_tail_end(tmp_path):
     folder = tmp_path / "ticks"
     w = NPY8(folder, capacity_per_file=4, query_size=3).load()
     for i in range(0, 20, 2):  # 5 files of 4 rows; 3 listed: rows 8..19
@@ -123,7 +128,7 @@ def test_head_tail_end(env_backend, tmp_path):
     assert r.end() == 2
 
 
-def test_merge_combines_dropped_files(env_backend, tmp_path):
+def test_merge_combines_dropped_files(tmp_path):
     folder = tmp_path / "ticks"
     w = NPY8(folder, capacity_per_file=2, query_size=2).load()
     for i in range(0, 20, 2):
@@ -141,7 +146,7 @@ def test_merge_combines_dropped_files(env_backend, tmp_path):
     assert [a.tolist() for a in r.head(10)] == [[16, 17], [18, 19]]
 
 
-def test_stale_list_is_rebuilt_on_load(env_backend, tmp_path):
+def test_stale_list_is_rebuilt_on_load(tmp_path):
     folder = tmp_path / "ticks"
     w = NPY8(folder, capacity_per_file=2, query_size=3).load()
     for i in range(0, 8, 2):
@@ -156,16 +161,14 @@ def test_stale_list_is_rebuilt_on_load(env_backend, tmp_path):
     assert listed(NPY8(folder, query_size=5).load()._path) == [*files[:1], *files[2:], 0, 0]
 
 
-def test_second_appender_is_refused(env_backend, tmp_path):
+def test_second_appender_is_refused_across_processes(tmp_path):
     folder = tmp_path / "ticks"
     w = NPY8(folder, capacity_per_file=4).load()
     w.append(np.arange(3))
     other = NPY8(folder).load()
     assert other.read().tolist() == [0, 1, 2]  # readers are welcome
-    with pytest.raises(StoreLockedError):
-        other.append(np.arange(3))
-    with pytest.raises(StoreLockedError):
-        other.remove()
+    with pytest.raises(StoreLockedError, match="writer object in this process"):
+        other.remove()  # removing is not taking over
     code = (
         "import sys, numpy as np\nfrom numpack import NPY8\n"
         "try:\n    NPY8(sys.argv[1]).load().append(np.arange(2))\n"
@@ -174,8 +177,60 @@ def test_second_appender_is_refused(env_backend, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True,
                          text=True, env=subprocess_env(), timeout=60)  # fmt: skip
     assert out.stdout.strip() == "StoreLockedError", out.stderr
+    assert w.append(np.arange(3, 5)) == 0
     w.remove()
     assert not folder.exists()
+
+
+def newest(folder):
+    return folder / f"{max(listed(folder))}.npy"
+
+
+def test_a_newer_appender_in_the_process_takes_over(tmp_path, other_process):
+    """A notebook cell `w = NPY8(f).load(); w.append(rows)` run again."""
+    folder = tmp_path / "ticks"
+    old = NPY8(folder, capacity_per_file=4, query_size=3).load()
+    old.append(np.arange(3))
+    first = newest(folder)
+    w = NPY8(folder, capacity_per_file=4, query_size=3).load()
+    assert w.append(np.arange(3, 4)) == 0  # no wait, no StoreLockedError; the same file
+    assert newest(folder) == first and NPYT(first).load().data().tolist() == [0, 1, 2, 3]
+    assert lock_is_held(folder / ".lock") and lock_is_held(first)
+    with pytest.raises(WriterSupersededError, match="superseded") as e:
+        old.append(np.arange(2))
+    assert isinstance(e.value, StoreLockedError) and str(folder) in str(e.value)
+    with pytest.raises(WriterSupersededError):
+        old.remove()
+    assert folder.exists() and NPYT(first).load().end() == 4
+    # The older object still reads, following the newer writer across files.
+    assert old.read().tolist() == [0, 1, 2, 3] and old.end() == 4
+    for i in range(4, 12, 2):
+        w.append(np.arange(i, i + 2))
+    assert read_all(old).tolist() == list(range(4, 12)) and old.end() == w.end() == 4
+    assert [a.tolist() for a in old.tail(5)] == [[7], [8, 9, 10, 11]]
+    assert not lock_is_held(first)  # the newer writer rolled over and let the old file go
+    # Closing or collecting the older object keeps the newer one's locks.
+    old.close()
+    del old
+    gc.collect()
+    assert lock_is_held(folder / ".lock") and lock_is_held(newest(folder))
+    assert other_process("npy8", folder) == "StoreLockedError"
+    assert w.append(np.arange(12, 14)) == 0
+    # The newest object lets go when it closes, or when it is collected.
+    w2 = NPY8(folder).load()
+    w2.append(np.arange(14, 15))
+    w2.close()
+    assert not lock_is_held(folder / ".lock") and not lock_is_held(newest(folder))
+    assert other_process("npy8", folder) == "ok"
+    with pytest.raises(WriterSupersededError):
+        w.append(np.arange(2))
+    w.load()  # load() again, then append: takes the folder back
+    w.append(np.arange(15, 16))
+    del w
+    gc.collect()
+    assert not lock_is_held(folder / ".lock") and not lock_is_held(newest(folder))
+    everything = read_all(NPY8(folder).load())  # from the oldest listed file on
+    assert everything.tolist() == list(range(4, 16))
 
 
 _WRITER = (
@@ -233,7 +288,7 @@ print(seen, len(files))
 )
 
 
-def test_roll_over_while_reader_processes_read(env_backend, tmp_path):
+def test_roll_over_while_reader_processes_read(tmp_path):
     folder = tmp_path / "ticks"
     folder.mkdir()
     NPY8(folder, capacity_per_file=2000, query_size=3, dtype=ROW).load().close()
@@ -250,7 +305,7 @@ def test_roll_over_while_reader_processes_read(env_backend, tmp_path):
 # -- the npyt package ------------------------------------------------------------------------
 
 
-def test_npyt_folders_and_ours_are_interchangeable(env_backend, tmp_path, npyt_pkg):
+def test_npyt_folders_and_ours_are_interchangeable(tmp_path, npyt_pkg):
     folder = tmp_path / "ticks"
     theirs = npyt_pkg.NPY8(folder, capacity_per_file=4, query_size=3, dtype=np.int64).load()
     for i in range(0, 12, 2):

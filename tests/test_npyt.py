@@ -1,12 +1,20 @@
-"""NPYT: the growing .npy file of spec/NPYT.md, its npyt-compatible API, and its processes."""
+"""NPYT: the growing .npy file of spec/NPYT.md, its npyt-compatible API, and its processes.
+
+NPYT is one pure-Python implementation whatever the backend, so these tests run once (no
+`backend` fixture).
+"""
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import subprocess
 import sys
+import threading
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -24,7 +32,13 @@ from numpack import (
     StoreClosedError,
     StoreIOError,
     StoreLockedError,
+    WriterSupersededError,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: NPYT takes no lock there (spec/NPYT.md 5)
+    fcntl = None
 
 MAGIC = 20250510080000
 TICK = np.dtype([("ts", "<i8"), ("price", "<f8"), ("volume", "<i4"), ("side", "i1")], align=True)
@@ -63,13 +77,6 @@ def check_rows(rows, first):
 _rows_ns: dict = {}
 exec(ROWS_CODE, _rows_ns)  # the same definitions for this process
 ROW, make_rows, check_rows = _rows_ns["ROW"], _rows_ns["make_rows"], _rows_ns["check_rows"]
-
-
-@pytest.fixture
-def env_backend(backend, monkeypatch):
-    """NPYT has no backend argument (its signature is npyt's): it follows NUMPACK_BACKEND."""
-    monkeypatch.setenv("NUMPACK_BACKEND", backend)
-    return backend
 
 
 @pytest.fixture
@@ -118,7 +125,7 @@ def writer(path, array, capacity=0, **kw):
 
 @pytest.mark.parametrize("dtype", DTYPES + OTHER_DTYPES, ids=str)
 @pytest.mark.parametrize("row_shape", [(), (3,)], ids=["1d", "2d"])
-def test_every_dtype_round_trips_and_np_load_reads_it(env_backend, tmp_path, dtype, row_shape):
+def test_every_dtype_round_trips_and_np_load_reads_it(tmp_path, dtype, row_shape):
     if dtype.kind in "MmSUV" or not dtype.isnative:
         arr = np.frombuffer(
             make_array(np.uint8, (7 * int(np.prod(row_shape)) * dtype.itemsize,)), dtype
@@ -138,7 +145,7 @@ def test_every_dtype_round_trips_and_np_load_reads_it(env_backend, tmp_path, dty
 
 
 @pytest.mark.parametrize("name", list(STRUCTS))
-def test_structured_dtypes_keep_their_layout_and_align_flag(env_backend, tmp_path, name):
+def test_structured_dtypes_keep_their_layout_and_align_flag(tmp_path, name):
     dt = STRUCTS[name]
     arr = np.frombuffer(make_array(np.uint8, (5 * dt.itemsize,)), dt).copy()
     writer(tmp_path / "s.npy", arr, capacity=8).close()
@@ -151,7 +158,7 @@ def test_structured_dtypes_keep_their_layout_and_align_flag(env_backend, tmp_pat
     assert loaded[:5].tobytes() == arr.tobytes() and loaded.dtype == dt
 
 
-def test_header_is_padded_and_the_tail_follows_the_data(env_backend, tmp_path):
+def test_header_is_padded_and_the_tail_follows_the_data(tmp_path):
     path = tmp_path / "t.npy"
     w = writer(path, np.arange(3, dtype="<f8"), capacity=5)
     offset = header_len(path)
@@ -173,7 +180,7 @@ def test_header_is_padded_and_the_tail_follows_the_data(env_backend, tmp_path):
     assert w.capacity() == 4
 
 
-def test_files_written_by_np_save_are_refused(env_backend, tmp_path):
+def test_files_written_by_np_save_are_refused(tmp_path):
     np.save(tmp_path / "plain.npy", np.arange(5))
     with pytest.raises(CorruptStoreError, match="without the NPYT tail"):
         NPYT(tmp_path / "plain.npy").load("r")
@@ -188,7 +195,7 @@ def test_files_written_by_np_save_are_refused(env_backend, tmp_path):
 # -- the API --------------------------------------------------------------------------------
 
 
-def test_save_and_load_arguments(env_backend, tmp_path):
+def test_save_and_load_arguments(tmp_path):
     path = tmp_path / "a.npy"
     nt = NPYT(path, dtype=TICK).save(capacity=100).load("r+")
     assert (nt.capacity(), nt.size(), nt.empty(), nt.full(), nt.dtype()) == (
@@ -234,7 +241,7 @@ def test_save_and_load_arguments(env_backend, tmp_path):
     assert sub.append(np.ones((2, 3), "<f4")) == 0 and sub.data().shape == (2, 3)
 
 
-def test_append_all_or_nothing_and_row_checks(env_backend, tmp_path):
+def test_append_all_or_nothing_and_row_checks(tmp_path):
     w = writer(tmp_path / "a.npy", np.arange(3, dtype=np.int64), capacity=5)
     assert w.append(np.array([3], np.int32)) == 0  # same_kind cast
     assert w.append(np.int64(4)) == 0  # one row on its own
@@ -259,7 +266,7 @@ def test_append_all_or_nothing_and_row_checks(env_backend, tmp_path):
         ro.pop()
 
 
-def test_expend_and_extend_grow_the_file(env_backend, tmp_path):
+def test_expend_and_extend_grow_the_file(tmp_path):
     path = tmp_path / "a.npy"
     w = writer(path, np.arange(2, dtype=np.int16), capacity=2)
     reader = NPYT(path).load("r")  # mapped before the file grows
@@ -272,7 +279,7 @@ def test_expend_and_extend_grow_the_file(env_backend, tmp_path):
     assert_same_array(reader.read(100), np.arange(40, dtype=np.int16))
 
 
-def test_resize_never_loses_rows(env_backend, tmp_path):
+def test_resize_never_loses_rows(tmp_path):
     w = writer(tmp_path / "a.npy", np.arange(6.0), capacity=10)
     assert w.resize(2) is True and w.capacity() == 6  # raised to end
     assert w.resize(1000) and w.capacity() == 1000
@@ -282,7 +289,7 @@ def test_resize_never_loses_rows(env_backend, tmp_path):
     assert_same_array(w.data(), np.arange(4.0, 6.0))
 
 
-def test_views_head_tail_at(env_backend, tmp_path):
+def test_views_head_tail_at(tmp_path):
     arr = np.arange(20).reshape(10, 2)
     w = writer(tmp_path / "a.npy", arr, capacity=12)
     r = NPYT(tmp_path / "a.npy").load("r")
@@ -304,7 +311,7 @@ def test_views_head_tail_at(env_backend, tmp_path):
     assert r.at(0).tolist() == [100, 101]
 
 
-def test_tell_seek_rewind_read(env_backend, tmp_path):
+def test_tell_seek_rewind_read(tmp_path):
     w = writer(tmp_path / "a.npy", np.arange(10), capacity=20)
     r = NPYT(tmp_path / "a.npy").load("r")
     assert r.tell() == 0
@@ -326,7 +333,7 @@ def test_tell_seek_rewind_read(env_backend, tmp_path):
         r.read(-1)
 
 
-def test_pop_clear_and_the_numbers(env_backend, tmp_path):
+def test_pop_clear_and_the_numbers(tmp_path):
     w = writer(tmp_path / "a.npy", np.arange(10), capacity=10)
     r = NPYT(tmp_path / "a.npy").load("r")
     ts = r.timestamp()
@@ -347,7 +354,7 @@ def test_pop_clear_and_the_numbers(env_backend, tmp_path):
     assert r.read().tolist() == [0, 1, 2, 3]
 
 
-def test_backup_rename_remove_merge(env_backend, tmp_path):
+def test_backup_rename_remove_merge(tmp_path):
     w = writer(tmp_path / "a.npy", np.arange(8), capacity=16)
     w.pop(2)
     full = w.backup(tmp_path / "bk")
@@ -364,8 +371,9 @@ def test_backup_rename_remove_merge(env_backend, tmp_path):
     assert w.filename() == tmp_path / "b.npy" and not (tmp_path / "a.npy").exists()
     w.append(np.array([8]))  # still the writer, still mapped
     assert NPYT(tmp_path / "b.npy").load().data().tolist() == list(range(2, 9))
+    assert lock_is_held(tmp_path / "b.npy")  # the lock moved with the file
     with pytest.raises(StoreLockedError):
-        NPYT(tmp_path / "b.npy").load("r+")  # the lock moved with the file
+        NPYT(tmp_path / "b.npy").remove()
 
     other = writer(tmp_path / "o.npy", np.arange(100, 103), capacity=3)
     other.close()
@@ -383,21 +391,274 @@ def test_backup_rename_remove_merge(env_backend, tmp_path):
 # -- locks and processes ----------------------------------------------------------------------
 
 
-def test_second_writer_is_refused_in_process(env_backend, tmp_path):
+def lock_is_held(path) -> bool:
+    """Whether some descriptor, in this process or another, holds the flock on `path`: flock
+    belongs to an open file description, so a new one here is refused as one elsewhere."""
+    if fcntl is None:
+        pytest.skip("no flock on this system")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also unlocks
+    return False
+
+
+# A second process that asks for the write lock through the API, once per line on stdin:
+# "npyt PATH" loads a writer of PATH, "npy8 FOLDER" appends no rows to FOLDER (which takes
+# its lock); it answers "ok" (and lets go at once) or the exception's class name.
+_PROBE = """
+import sys
+import numpy as np
+from numpack import NPY8, NPYT
+for line in sys.stdin:
+    what, path = line.rstrip("\\n").split(" ", 1)
+    try:
+        if what == "npyt":
+            NPYT(path).load("r+").close()
+        else:
+            w = NPY8(path).load()
+            w.append(np.zeros(0, w.dtype() or np.int64))
+            w.close()
+        print("ok", flush=True)
+    except Exception as e:
+        print(type(e).__name__, flush=True)
+"""
+
+
+def ask_other_process():
+    """Fixture `other_process` (here and in test_npy8.py): ask a second process to take a write
+    lock, other_process("npyt", path) -> "ok" or the error's name."""
+    p = subprocess.Popen([sys.executable, "-c", _PROBE], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=subprocess_env())  # fmt: skip
+
+    def ask(what: str, path) -> str:
+        p.stdin.write(f"{what} {path}\n")
+        p.stdin.flush()
+        return p.stdout.readline().strip()
+
+    yield ask
+    p.stdin.close()
+    p.wait(timeout=60)
+    p.stdout.close()
+
+
+other_process = pytest.fixture(name="other_process")(ask_other_process)
+
+
+def test_same_object_loads_again_and_other_writes_are_refused(tmp_path):
     path = tmp_path / "a.npy"
     w = writer(path, np.arange(3), capacity=5)
-    with pytest.raises(StoreLockedError):
-        NPYT(path).load("r+")
-    with pytest.raises(StoreLockedError):
-        NPYT(path).save(np.arange(2), skip_if_exists=False)
-    with pytest.raises(StoreLockedError):
+    with pytest.raises(StoreLockedError, match="writer object in this process"):
+        NPYT(path).save(np.arange(2), skip_if_exists=False)  # replacing is not taking over
+    with pytest.raises(StoreLockedError, match="writer object in this process"):
         NPYT(path).remove()
     assert NPYT(path).load("r").end() == 3  # readers are never refused
     w.load("r+")  # a writer may load again
+    assert w.append(np.array([3])) == 0
     view = w.data()
     w.close()  # views outlive the object; the lock does not
-    NPYT(path).load("r+").append(np.array([3]))
-    assert view.tolist() == [0, 1, 2]
+    assert not lock_is_held(path)
+    NPYT(path).load("r+").append(np.array([4]))
+    assert view.tolist() == [0, 1, 2, 3]
+
+
+def test_a_newer_writer_in_the_process_takes_over(tmp_path):
+    """A notebook cell `w = NPYT(f).load("r+")` run again: no wait, no StoreLockedError."""
+    path = tmp_path / "a.npy"
+    NPYT(path).save(np.arange(3), capacity=5)
+    old = NPYT(path).load("r+")
+    old_view = old.data()
+    w = NPYT(path).load("r+")  # the cell again, while `old` is alive
+    assert w.append(np.array([3])) == 0 and w.data().tolist() == [0, 1, 2, 3]
+    assert lock_is_held(path)
+    # Every write of the older object raises, naming the file; the file is untouched.
+    writes = {
+        "append": lambda: old.append(np.array([9])),
+        "expend": lambda: old.expend(np.array([9])),
+        "extend": lambda: old.extend(np.arange(9)),
+        "resize": lambda: old.resize(50),
+        "shrink": lambda: old.resize(),
+        "pop": lambda: old.pop(1),
+        "clear": lambda: old.clear(),
+        "merge": lambda: old.merge(tmp_path / "other.npy"),
+        "rename": lambda: old.rename(tmp_path / "moved.npy"),
+        "remove": lambda: old.remove(),
+        "save": lambda: old.save(np.arange(2), skip_if_exists=False),
+    }
+    writer(tmp_path / "other.npy", np.arange(2), capacity=2).close()
+    before = path.read_bytes()
+    for name, write in writes.items():
+        with pytest.raises(WriterSupersededError, match="superseded") as e:
+            write()
+        assert isinstance(e.value, StoreLockedError) and isinstance(e.value, NumPackError)
+        assert str(path) in str(e.value), name
+    assert path.read_bytes() == before and (tmp_path / "other.npy").exists()
+    # Its reads go on, as a reader's: they follow the newer writer, through read-only views.
+    assert old.data().tolist() == [0, 1, 2, 3] and not old.data().flags.writeable
+    w.append(np.array([4]))
+    assert (old.end(), old.tail(2).tolist(), old.read().tolist()) == (5, [3, 4], [0, 1, 2, 3, 4])
+    assert "mode='r'" in repr(old)
+    assert old_view.tolist() == [0, 1, 2]  # arrays returned earlier stay valid
+    # The newer object writes on; the older one can take the file back with load("r+").
+    assert w.expend(np.arange(5, 9)) and w.end() == 9
+    old.load("r+")
+    assert old.append(np.array([9])) == 0
+    with pytest.raises(WriterSupersededError):
+        w.append(np.array([10]))
+    assert w.end() == 10 and NPYT(path).load().data().tolist() == list(range(10))
+
+
+def test_a_superseded_writer_whose_file_moved_reads_no_more(tmp_path):
+    path = tmp_path / "a.npy"
+    NPYT(path).save(np.arange(3), capacity=5)
+    old = NPYT(path).load("r+")
+    w = NPYT(path).load("r+")
+    assert w.rename(tmp_path / "b.npy")
+    with pytest.raises(WriterSupersededError, match="superseded"):
+        old.end()  # no file at its path to follow: a clear error, not another file's rows
+    with pytest.raises(WriterSupersededError):
+        old.data()
+    assert "superseded by a newer writer" in repr(old)
+    old.close()
+    assert lock_is_held(tmp_path / "b.npy") and w.append(np.array([3])) == 0
+    assert NPYT(tmp_path / "b.npy").load().data().tolist() == [0, 1, 2, 3]
+
+
+def resize_then_load(cls, path) -> None:
+    """npyt's documented `t.resize(n); t = NPYT(f).load(mmap_mode="r+")`: the old object is
+    still alive while the new one loads."""
+    t = cls(path, dtype=TICK).save(capacity=4, skip_if_exists=False).load(mmap_mode="r+")
+    t.append(np.zeros(3, TICK))
+    t.resize(100)
+    t = cls(path).load(mmap_mode="r+")
+    assert (t.capacity(), t.end()) == (100, 3)
+    t.append(np.ones(2, TICK))
+    assert t.end() == 5 and t.dtype() == TICK
+    t.resize(10)
+    t = cls(path).load(mmap_mode="r+")
+    assert t.expend(np.zeros(20, TICK)) and (t.end(), t.capacity()) == (25, 25)
+
+
+def test_npyt_resize_then_load_pattern(tmp_path):
+    resize_then_load(NPYT, tmp_path / "t.npy")
+
+
+def test_npyt_resize_then_load_pattern_as_in_npyt(tmp_path, npyt_pkg):
+    resize_then_load(npyt_pkg.NPYT, tmp_path / "theirs.npy")  # the very lines npyt documents
+    t = NPYT(tmp_path / "theirs.npy").load(mmap_mode="r+")  # ours, on npyt's file
+    t.resize(30)
+    t = NPYT(tmp_path / "theirs.npy").load(mmap_mode="r+")
+    assert (t.capacity(), t.end()) == (30, 25)
+
+
+def test_closing_or_collecting_a_superseded_writer_keeps_the_lock(tmp_path, other_process):
+    path = tmp_path / "a.npy"
+    NPYT(path).save(np.arange(3), capacity=5)
+    old = NPYT(path).load("r+")
+    w = NPYT(path).load("r+")
+    old.close()
+    assert lock_is_held(path) and other_process("npyt", path) == "StoreLockedError"
+    assert w.append(np.array([3])) == 0
+    old, w = w, NPYT(path).load("r+")
+    del old
+    gc.collect()
+    assert lock_is_held(path) and other_process("npyt", path) == "StoreLockedError"
+    assert w.append(np.array([4])) == 0
+    # The lock follows the newest object: closing it lets go, although older ones are alive.
+    older = w
+    w = NPYT(path).load("r+")
+    w.close()
+    assert not lock_is_held(path) and other_process("npyt", path) == "ok"
+    with pytest.raises(WriterSupersededError):
+        older.append(np.array([5]))
+    # Collecting the newest object lets go too.
+    w = NPYT(path).load("r+")
+    del w
+    gc.collect()
+    assert not lock_is_held(path) and other_process("npyt", path) == "ok"
+    assert NPYT(path).load().data().tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_failed_load_leaves_the_writer_in_place(tmp_path):
+    path = tmp_path / "a.npy"
+    w = writer(path, np.arange(3, dtype=np.int64), capacity=5)
+    with pytest.raises(DTypeError):
+        NPYT(path, dtype=np.float32).load("r+")
+    with pytest.raises(ShapeMismatchError):
+        NPYT(path, dtype=("<i8", (2,))).load("r+")
+    assert w.append(np.array([3])) == 0 and lock_is_held(path)
+    gc.collect()
+    assert w.append(np.array([4])) == 0 and lock_is_held(path)
+    w.close()
+    assert not lock_is_held(path)
+    with pytest.raises(DTypeError):  # with no writer before it, a failed load keeps no lock
+        NPYT(path, dtype=np.float32).load("r+")
+    assert not lock_is_held(path)
+
+
+def test_merge_does_not_take_a_file_over(tmp_path):
+    w = writer(tmp_path / "a.npy", np.arange(3), capacity=3)
+    other = writer(tmp_path / "o.npy", np.arange(10, 12), capacity=2)
+    with pytest.raises(StoreLockedError) as e:
+        w.merge(tmp_path / "o.npy")  # another object writes it: refused, both files kept
+    assert not isinstance(e.value, WriterSupersededError)
+    assert (tmp_path / "o.npy").exists() and w.end() == 3
+    assert other.expend(np.array([12])) and other.end() == 3
+    other.close()
+    assert w.merge(tmp_path / "o.npy") and w.data().tolist() == [0, 1, 2, 10, 11, 12]
+
+
+def test_threads_loading_writers_at_once_leave_one_writer(tmp_path):
+    path = tmp_path / "a.npy"
+    NPYT(path).save(np.arange(1), capacity=1)
+    n = 8
+    barrier = threading.Barrier(n)
+
+    def load(_):
+        barrier.wait()
+        return NPYT(path).load("r+")
+
+    with ThreadPoolExecutor(n) as pool:
+        writers = list(pool.map(load, range(n)))  # none waits out a lock or fails
+    done = []
+    for i, t in enumerate(writers):
+        try:
+            t.expend(np.array([i]))
+            done.append(i)
+        except WriterSupersededError:
+            pass
+    assert len(done) == 1 and NPYT(path).load().data().tolist() == [0, *done]
+    for t in writers[::2]:
+        t.close()
+    del t
+    assert lock_is_held(path) == (done[0] % 2 == 1)
+    writers.clear()
+    gc.collect()
+    assert not lock_is_held(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_cannot_take_its_parents_writer_over(tmp_path):
+    path = tmp_path / "a.npy"
+    w = writer(path, np.arange(3), capacity=5)
+    with warnings.catch_warnings():  # Python 3.12+ warns about fork() if threads are running
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report by exit status only, and skip every exit handler
+        code = 3
+        try:
+            NPYT(path).load("r+")
+            code = 1
+        except StoreLockedError as e:
+            code = 2 if isinstance(e, WriterSupersededError) else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # refused: another process's writer
+    assert w.append(np.array([3])) == 0 and lock_is_held(path)
 
 
 _HOLD = """
@@ -409,16 +670,21 @@ sys.stdin.read()
 """
 
 
-def test_second_writer_is_refused_across_processes(env_backend, tmp_path):
+def test_second_writer_is_refused_across_processes(tmp_path):
     path = tmp_path / "a.npy"
     writer(path, np.arange(3), capacity=5).close()
     p = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True, env=subprocess_env())  # fmt: skip
     try:
         assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError, match="another process") as e:
+            NPYT(path).load("r+")
+        assert not isinstance(e.value, WriterSupersededError)
+        assert NPYT(path).load("r").size() == 3
+        w = NPYT(path).load("r")  # not a writer: nothing to take over
         with pytest.raises(StoreLockedError):
             NPYT(path).load("r+")
-        assert NPYT(path).load("r").size() == 3
+        assert w.size() == 3
     finally:
         p.stdin.close()
         p.wait(timeout=10)
@@ -511,7 +777,7 @@ def run_processes(scripts: list) -> list[str]:
                 p.communicate()
 
 
-def test_one_writer_many_readers_see_only_complete_rows(env_backend, tmp_path):
+def test_one_writer_many_readers_see_only_complete_rows(tmp_path):
     path = tmp_path / "ticks.npy"
     NPYT(path, dtype=ROW).save(capacity=16)
     outs = run_processes([(_WRITER, path, 2.0)] + [(_READER, path, seed) for seed in range(3)])
@@ -536,7 +802,7 @@ NPYT_STRUCTS = {
 
 
 @pytest.mark.parametrize("name", ["int64_2d", *NPYT_STRUCTS])
-def test_npyt_reads_and_appends_to_our_files(env_backend, tmp_path, npyt_pkg, name):
+def test_npyt_reads_and_appends_to_our_files(tmp_path, npyt_pkg, name):
     if name == "int64_2d":
         arr = np.arange(15, dtype=np.int64).reshape(5, 3)
     else:
@@ -557,7 +823,7 @@ def test_npyt_reads_and_appends_to_our_files(env_backend, tmp_path, npyt_pkg, na
 
 
 @pytest.mark.parametrize("dtype", [np.dtype("<f4"), TICK], ids=["float32", "tick"])
-def test_we_read_and_append_to_npyt_files(env_backend, tmp_path, npyt_pkg, dtype):
+def test_we_read_and_append_to_npyt_files(tmp_path, npyt_pkg, dtype):
     arr = np.frombuffer(make_array(np.uint8, (9 * dtype.itemsize,)), dtype).copy()
     path = tmp_path / "theirs.npy"
     t = npyt_pkg.NPYT(path, dtype=dtype).save(arr[:2], capacity=5, end=0).load(mmap_mode="r+")
