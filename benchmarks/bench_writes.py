@@ -50,6 +50,13 @@ def stores(tmp: str, backend: str, rows: int) -> dict[str, NumPack]:
     )
     dropped.save({"a": np.concatenate([arr, arr])})
     dropped.drop("a", np.arange(0, 2 * rows, 2))
+    # Compressed stores pay for encoding the blocks a call touches (10 rows each here); a
+    # small one of the same blocks shows what the block count itself costs.
+    n_small = min(rows, 20_000)
+    small = out[f"compressed, {n_small // 10:,} blocks"] = NumPack(
+        os.path.join(tmp, backend, "comp-small"), backend=backend
+    )
+    small.save({"a": arr[:n_small]}, compress=True, block_rows=10)
     comp = out[f"compressed, {rows // 10:,} blocks"] = NumPack(
         os.path.join(tmp, backend, "comp"), backend=backend
     )
@@ -58,7 +65,8 @@ def stores(tmp: str, backend: str, rows: int) -> dict[str, NumPack]:
 
 
 def scaling(rows: int, repeat: int, backends: list[str], tmp: str) -> list[dict]:
-    """append / replace / drop of K rows in each store, as a ratio of the one-array store."""
+    """append / replace / drop of K rows (drawn from the first 5,000) in each store, as a ratio
+    of the one-array store (the large compressed store: of the small one)."""
     rng = np.random.default_rng(1)
     new = rng.standard_normal((K, 10), dtype=np.float32)
     table = []
@@ -70,15 +78,17 @@ def scaling(rows: int, repeat: int, backends: list[str], tmp: str) -> list[dict]
                 if op == "append":
                     npk.append({"a": new})
                 elif op == "replace":
-                    npk.replace({"a": new}, rng.choice(rows // 2, K, replace=False))
+                    npk.replace({"a": new}, rng.choice(5000, K, replace=False))
                 else:
-                    npk.drop("a", rng.choice(rows // 2, K, replace=False))
+                    npk.drop("a", rng.choice(5000, K, replace=False))
 
             t = medians({name: (lambda n=n: call(n)) for name, n in s.items()}, 40 * repeat)
-            base = t["one array"]
             row = {"op": f"{op} {K} rows", "backend": backend}
+            small = next(n for n in t if n.startswith("compressed"))
             for name, v in t.items():
-                row[name] = fmt_time(v) + ("" if name == "one array" else f" ({v / base:.2f}x)")
+                base = small if name.startswith("compressed") else "one array"
+                same = name == base
+                row[name] = fmt_time(v) + ("" if same else f" ({v / t[base]:.2f}x)")
             table.append(row)
         for n in s.values():
             n.close()
@@ -172,7 +182,8 @@ def small_calls(rows: int, repeat: int, backends: list[str], tmp: str) -> list[d
             t = medians({"memmap": lambda: assign(rw), "wb": lambda m=m: assign(m)}, repeat)
         table.append({
             "op": "10,000 row assignments, writable_batch_mode", "backend": b,
-            "baseline": "the same on an open np.memmap r+", "baseline median": fmt_time(t["memmap"]),
+            "baseline": "the same on an open np.memmap r+",
+            "baseline median": fmt_time(t["memmap"]),
             b: f"{fmt_time(t['wb'])} ({t['memmap'] / t['wb']:.2f}x)",
         })  # fmt: skip
     for n in npks.values():
@@ -199,7 +210,7 @@ def catch_up(repeat: int, backends: list[str], tmp: str) -> list[dict]:
         t = medians(
             {label: (lambda r=r: r.get_shape("a")) for label, (w, r) in pairs.items()},
             20 * repeat,
-            setup=lambda: [w.append({"a": new}) for w, _ in pairs.values()],
+            setup=lambda pairs=pairs: [w.append({"a": new}) for w, _ in pairs.values()],
         )
         table.append({
             "op": "reader's first call after a 100-row append", "backend": b,
@@ -246,6 +257,27 @@ print(json.dumps(out))
 """
 
 
+def _peer_ops(n: NumPack, new: np.ndarray, k: dict, draw, repeat: int) -> dict[str, float]:
+    """The calls of PEER on one of our stores: their medians."""
+
+    def idle_draw():
+        draw()
+        time.sleep(0.005)
+
+    calls = {
+        "append 100 rows": (lambda: n.append({"a": new}), 40, None),
+        "replace 100 rows": (lambda: n.replace({"a": new}, k["k"]), 40, draw),
+        "drop 100 rows": (lambda: n.drop("a", k["k"]), 40, draw),
+        "getitem 100 random rows, hot": (lambda: n.getitem("a", k["k"]), 200, draw),
+        "getitem 100 random rows, after 5 ms idle": (lambda: n.getitem("a", k["k"]), 40,
+                                                     idle_draw),
+        "lazy open": (lambda: n.load("a", lazy=True), 200, None),
+    }  # fmt: skip
+    return {
+        op: medians({"x": fn}, reps * repeat, setup)["x"] for op, (fn, reps, setup) in calls.items()
+    }
+
+
 def peer(python: str, rows: int, repeat: int, backends: list[str], tmp: str) -> list[dict]:
     """The same small calls on NumPack 0.7 (a subprocess) and on numpack (this process)."""
     # From another directory: `-c` puts the working directory, maybe this repository's
@@ -265,23 +297,12 @@ def peer(python: str, rows: int, repeat: int, backends: list[str], tmp: str) -> 
     for b in backends:
         n = NumPack(os.path.join(tmp, "mine-" + b), backend=b)
         n.save({"a": arr})
-        ours = {
-            "append 100 rows": medians({"x": lambda: n.append({"a": new})}, 40 * repeat),
-            "replace 100 rows": medians({"x": lambda: n.replace({"a": new}, k["k"])},
-                                        40 * repeat, draw),
-            "drop 100 rows": medians({"x": lambda: n.drop("a", k["k"])}, 40 * repeat, draw),
-            "getitem 100 random rows, hot": medians({"x": lambda: n.getitem("a", k["k"])},
-                                                    200 * repeat, draw),
-            "getitem 100 random rows, after 5 ms idle": medians(
-                {"x": lambda: n.getitem("a", k["k"])}, 40 * repeat,
-                lambda: (draw(), time.sleep(0.005))),
-            "lazy open": medians({"x": lambda: n.load("a", lazy=True)}, 200 * repeat),
-        }  # fmt: skip
+        ours = _peer_ops(n, new, k, draw, repeat)
         n.close()
         for op, t in ours.items():
             table.append({
                 "op": op, "backend": b, "NumPack 0.7": fmt_time(theirs[op]),
-                "numpack": f"{fmt_time(t['x'])} ({theirs[op] / t['x']:.2f}x)",
+                "numpack": f"{fmt_time(t)} ({theirs[op] / t:.2f}x)",
             })  # fmt: skip
     return table
 
@@ -298,8 +319,9 @@ def main(argv=None) -> None:
     try:
         bs, r, rep = args.backends, args.rows, args.repeat
         table = scaling(r, rep, bs, tmp)
-        print_table(f"Small writes as the store grows ({K} rows; ratio to the one-array store)",
-                    table, list(table[0]))  # fmt: skip
+        title = (f"Small writes as the store grows ({K} random rows; ratio to the one-array "
+                 "store, compressed ones to the small compressed one)")  # fmt: skip
+        print_table(title, table, list(table[0]))
         table = small_calls(r, rep, bs, tmp)
         cols = ["op", "baseline", "baseline median", *bs]
         print_table(f"Small calls at {r:,} x 10 float32 (speed-up over the baseline)", table, cols)

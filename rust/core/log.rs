@@ -9,7 +9,6 @@ use super::compress::{self, Record as BlockRecord};
 use super::error::{Error, Result};
 use super::format::{itemsize, shape_fits, Compression, Entry, Metadata, Wire};
 use super::naming;
-use super::rows::{self, RowMap};
 
 pub const FILE: &str = "numpack.log";
 const MAGIC: &[u8; 8] = b"NPKLOG02";
@@ -403,12 +402,8 @@ fn update(e: &mut Entry, u: &Update) -> std::result::Result<(), String> {
         if u.deleted.windows(2).any(|w| w[0] >= w[1]) || u.deleted.last().is_some_and(|&d| d >= n) {
             return Err("drops an invalid list of rows".into());
         }
-        let old: Vec<u64> = e.rows.deleted().collect();
-        let merged = rows::merge(&old, &u.deleted);
-        if merged.len() != old.len() + u.deleted.len() {
-            return Err("drops rows that are already dropped".into());
-        }
-        e.rows = Arc::new(RowMap::new(merged.into_iter()));
+        let merged = e.rows.merged(&u.deleted);
+        e.rows = Arc::new(merged.ok_or("drops rows that are already dropped")?);
     }
     Ok(())
 }
