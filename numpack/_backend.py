@@ -52,8 +52,10 @@ class ViewBackend(Protocol):
     def dropped(self) -> int: ...
     def read(self, start: int, stop: int, out: Bytes) -> None:
         """Logical rows [start, stop) into `out` (uint8, exact size)."""
+
     def gather(self, rows: Rows, out: Bytes) -> None:
         """Logical rows into `out`, in the order given."""
+
     def buffer(self) -> Any:
         """A read-only buffer over the rows, zero-copy; None if the array is compressed, has
         dropped rows or no rows."""
@@ -66,19 +68,25 @@ class StoreBackend(Protocol):
     def close(self) -> None: ...
     def names(self) -> list[str]:
         """Arrays in creation order."""
+
     def info(self, name: str) -> tuple[str, tuple[int, ...], int]:
         """(dtype, logical shape, modified_us)."""
+
     def entries(self) -> Sequence[tuple[Any, ...]]:
         """The fields of an `Entry` per array, in order."""
+
     def save(self, items: list[Item], level: int | None, block_rows: int | None) -> None:
         """Whole arrays: raw (level None) or zstd at `level` (FORMAT.md 7)."""
+
     def append(self, items: list[Item]) -> None:
         """Rows at the end; creates missing arrays (raw)."""
+
     def replace(self, items: list[tuple[str, Rows, Bytes]]) -> None: ...
     def drop_arrays(self, names: list[str]) -> None: ...
     def drop_rows(self, name: str, rows: Rows) -> None: ...
     def compact(self, names: list[str] | None) -> None:
         """None: every array, and garbage files swept."""
+
     def reset(self) -> None: ...
     def begin(self) -> None: ...
     def commit(self) -> None: ...

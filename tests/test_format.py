@@ -57,7 +57,7 @@ def test_metadata_layout(store):
     store.save(arrays)
     meta = read_metadata(store.path)
     assert meta["format"] == "numpack"
-    assert meta["version"] == 1
+    assert meta["version"] == 2 and meta["generation"] == 1
     assert [e["name"] for e in meta["arrays"]] == list(arrays)
     ids = []
     for e in meta["arrays"]:

@@ -600,7 +600,7 @@ def test_get_metadata(store):
     meta = store.get_metadata()
     assert meta["path"] == store.path
     assert meta["backend"] == store.backend
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert list(meta["arrays"]) == ["a", "b"]
     a = meta["arrays"]["a"]
     assert a["dtype"] == "float32"

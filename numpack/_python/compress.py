@@ -269,8 +269,3 @@ def encode_rows(
         offset += len(stored)
         chunks.append(stored)
     return chunks, records
-
-
-def compression_map(level: int, block_rows: int, records: np.ndarray) -> dict:
-    """The `compression` value of an array's metadata entry."""
-    return {"codec": CODEC, "level": level, "block_rows": block_rows, "blocks": pack(records)}

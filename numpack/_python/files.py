@@ -1,4 +1,5 @@
-"""Writing the store's files: new files whole, and bytes at an offset of an existing one."""
+"""Writing the store's files: new files whole, files replaced by rename, and bytes at an offset
+of an existing one."""
 
 from __future__ import annotations
 
@@ -36,9 +37,26 @@ def write_new(path: str, chunks: Iterable, durable: bool = False) -> None:
     os.close(fd)
 
 
+def replace(directory: str, name: str, data: bytes, durable: bool = False) -> os.stat_result:
+    """Put a file `name` holding `data` in place at once: written as `name.<pid>.tmp`, then
+    renamed over `name`. With `durable`, the file is synced before the rename and the
+    directory after it. Returns the new file's stat."""
+    tmp = os.path.join(directory, f"{name}.{os.getpid()}.tmp")
+    write_new(tmp, [data], durable)
+    try:
+        st = os.stat(tmp)
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        remove(tmp)
+        raise
+    if durable:
+        sync(directory)
+    return st
+
+
 def sync(path: str) -> None:
     """fsync a file or a directory (its entries) by path."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

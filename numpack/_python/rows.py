@@ -20,13 +20,6 @@ class RowMap:
         return rows + np.searchsorted(self._shifted, rows, side="right")
 
 
-def merge(deleted: np.ndarray, physical: np.ndarray) -> np.ndarray:
-    """The dropped rows after also dropping `physical`: ascending, unique, read-only."""
-    out = np.union1d(deleted, physical).astype(np.int64, copy=False)
-    out.flags.writeable = False
-    return out
-
-
 def last_occurrences(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct `rows`, ascending, and where each occurs last in `rows`.
 

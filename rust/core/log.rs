@@ -66,13 +66,19 @@ pub enum Record {
     Undo(Undo),
 }
 
-/// Frames a payload: length, CRC-32, payload.
-fn frame(payload: Vec<u8>) -> Vec<u8> {
+/// Frames a payload: length, CRC-32, payload. Payloads of 4 GiB or more do not fit.
+fn frame(payload: Vec<u8>) -> Result<Vec<u8>> {
+    if payload.len() > u32::MAX as usize {
+        return Err(Error::InvalidArgument(format!(
+            "a log record of {} bytes is too large; make the call in smaller parts",
+            payload.len()
+        )));
+    }
     let mut out = Vec::with_capacity(FRAME + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
-    out
+    Ok(out)
 }
 
 fn pack(value: &Value) -> Vec<u8> {
@@ -95,7 +101,7 @@ fn u64s(values: impl IntoIterator<Item = u64>) -> Value {
 }
 
 /// A framed commit record.
-pub fn commit(next_file_id: u64, ops: &[Op]) -> Vec<u8> {
+pub fn commit(next_file_id: u64, ops: &[Op]) -> Result<Vec<u8>> {
     let ops = ops.iter().map(op_value).collect();
     frame(pack(&map(vec![
         ("t", Value::from("commit")),
@@ -105,7 +111,7 @@ pub fn commit(next_file_id: u64, ops: &[Op]) -> Vec<u8> {
 }
 
 /// Framed undo records of the old contents of `rows`, at most [`UNDO_BYTES`] of rows each.
-pub fn undo(file: &str, row_bytes: usize, rows: &[u64], old: &[u8]) -> Vec<u8> {
+pub fn undo(file: &str, row_bytes: usize, rows: &[u64], old: &[u8]) -> Result<Vec<u8>> {
     let per = (UNDO_BYTES / row_bytes.max(1)).max(1);
     let mut out = Vec::new();
     for (k, chunk) in rows.chunks(per).enumerate() {
@@ -117,9 +123,9 @@ pub fn undo(file: &str, row_bytes: usize, rows: &[u64], old: &[u8]) -> Vec<u8> {
             ("row_bytes", Value::from(row_bytes as u64)),
             ("rows", u64s(chunk.iter().copied())),
             ("old", Value::Binary(bytes.to_vec())),
-        ]))));
+        ])))?);
     }
-    out
+    Ok(out)
 }
 
 fn op_value(op: &Op) -> Value {
@@ -158,14 +164,16 @@ fn op_value(op: &Op) -> Value {
 }
 
 /// The whole records at the start of `bytes` (the log after its header, or after a record),
-/// each with the offset just past it; stops at the first torn one (FORMAT.md 6).
+/// each with the offset just past it; stops at the first torn one, or one of length 0
+/// (FORMAT.md 6).
 pub fn scan(bytes: &[u8]) -> Vec<(&[u8], usize)> {
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(head) = bytes.get(at..at + FRAME) {
         let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(head[4..].try_into().unwrap());
-        let Some(payload) = bytes.get(at + FRAME..at + FRAME + len) else {
+        // No record is empty: zeros are what a write lost in a power cut leaves.
+        let Some(payload) = bytes.get(at + FRAME..at + FRAME + len).filter(|_| len > 0) else {
             break;
         };
         if crc32fast::hash(payload) != crc {
@@ -427,7 +435,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_apply() {
-        let rec = commit(1, &ops());
+        let rec = commit(1, &ops()).unwrap();
         let found = scan(&rec);
         assert_eq!(found.len(), 1);
         let Record::Commit { next_file_id, ops } = decode(found[0].0, "t").unwrap() else {
@@ -446,9 +454,9 @@ mod tests {
 
     #[test]
     fn a_torn_record_ends_the_log() {
-        let mut log = commit(1, &ops());
+        let mut log = commit(1, &ops()).unwrap();
         let whole = log.len();
-        log.extend(commit(2, &ops()));
+        log.extend(commit(2, &ops()).unwrap());
         for cut in whole..log.len() {
             assert_eq!(scan(&log[..cut]).len(), 1, "cut at {cut}");
         }
@@ -479,7 +487,7 @@ mod tests {
     #[test]
     fn undo_records_split_and_round_trip() {
         let rows: Vec<u64> = (0..3).collect();
-        let bytes = undo("a-0123456789abcdef.0.npkd", 4, &rows, &[7u8; 12]);
+        let bytes = undo("a-0123456789abcdef.0.npkd", 4, &rows, &[7u8; 12]).unwrap();
         let found = scan(&bytes);
         assert_eq!(found.len(), 1);
         let Record::Undo(u) = decode(found[0].0, "t").unwrap() else {

@@ -147,7 +147,7 @@ impl Store {
             fresh: HashMap::new(),
             txn: None,
         };
-        if !dir.join(METADATA).exists() {
+        if !dir.join(METADATA).exists() && !dir.join(log::FILE).exists() {
             fs::create_dir_all(dir)?;
             store.write(|_| Ok(()))?; // creates it
             return Ok(store);
@@ -166,6 +166,8 @@ impl Store {
                 .and_then(|fd| WriteLock::try_acquire(fd).ok().flatten());
             if let Some(lock) = lock {
                 store.start(lock)?;
+                // A version 1 journal beside a version 2 store (upgrades recover their own).
+                journal::recover(dir)?;
                 store.txn = None;
             }
         }
@@ -188,7 +190,14 @@ impl Store {
         if self.txn.is_some() {
             return Ok(()); // the lock is ours: nothing else changes the store
         }
-        let st = match fs::metadata(self.dir.join(log::FILE)) {
+        let log = match self.source {
+            // A version 1 store: its snapshot is all there is.
+            Some(Source::Snapshot { .. }) if self.meta.version < VERSION => {
+                Err(std::io::ErrorKind::NotFound.into())
+            }
+            _ => fs::metadata(self.dir.join(log::FILE)),
+        };
+        let st = match log {
             Ok(st) => st,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let st = fs::metadata(self.dir.join(METADATA)).map_err(|e| self.missing(e))?;
@@ -251,19 +260,19 @@ impl Store {
             let meta = Metadata::decode(&bytes, &path.display().to_string())?;
             let snapshot_stamp = stamp_of(&fs::metadata(&path).map_err(|e| self.missing(e))?);
             let log_path = self.dir.join(log::FILE);
-            let mut f = match File::open(&log_path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.install(
-                        meta,
-                        bytes.len(),
-                        Source::Snapshot {
-                            stamp: snapshot_stamp,
-                        },
-                    );
-                    return Ok(());
-                }
+            let opened = match File::open(&log_path) {
+                // A version 1 store has no log: one beside it is not its own.
+                Ok(_) if meta.version < VERSION => None,
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e.into()),
+            };
+            let Some(mut f) = opened else {
+                let source = Source::Snapshot {
+                    stamp: snapshot_stamp,
+                };
+                self.install(meta, bytes.len(), source);
+                return Ok(());
             };
             let stamp = stamp_of(&f.metadata()?);
             let mut log_bytes = Vec::new();
@@ -421,6 +430,10 @@ impl Store {
     /// Returns where the log ends.
     fn prepare(&mut self) -> Result<u64> {
         if self.source.is_none() && !self.dir.join(METADATA).exists() {
+            if self.dir.join(log::FILE).exists() {
+                // A log without its snapshot: making a new store would lose what it holds.
+                return Err(self.missing(std::io::ErrorKind::NotFound.into()));
+            }
             self.meta = Metadata::empty();
             self.write_snapshot()?;
             self.write_log()?;
@@ -436,12 +449,8 @@ impl Store {
             return Ok(log::HEADER);
         }
         match self.source {
-            Some(Source::Log { stamp, end }) => {
-                if stamp.2 > end {
-                    self.recover_tail(end)?;
-                }
-                Ok(end)
-            }
+            Some(Source::Log { stamp, end }) if stamp.2 > end => self.recover_tail(end),
+            Some(Source::Log { end, .. }) => Ok(end),
             _ => {
                 // No log, or one a fold did not replace: a new one for this snapshot.
                 self.write_log()?;
@@ -451,16 +460,21 @@ impl Store {
     }
 
     /// Puts back the rows of the undo records after the last commit (a call that never
-    /// committed) and cuts the log there (FORMAT.md 6).
-    fn recover_tail(&mut self, end: u64) -> Result<()> {
+    /// committed) and cuts the log there (FORMAT.md 6). Returns where the log ends.
+    fn recover_tail(&mut self, end: u64) -> Result<u64> {
         let path = self.dir.join(log::FILE);
         let f = OpenOptions::new().read(true).write(true).open(&path)?;
         let mut bytes = Vec::new();
         (&f).seek(std::io::SeekFrom::Start(end))?;
         (&f).read_to_end(&mut bytes)?;
+        // Commit records here too, should the stamp have repeated (FORMAT.md 5): applied,
+        // never cut. Only undo records after the last one belong to a call that failed.
+        let base = end;
+        let end = self.apply_log(&bytes, base)?;
+        let bytes = &bytes[(end - base) as usize..];
         let what = path.display().to_string();
         let mut undo = Vec::new();
-        for (payload, _) in log::scan(&bytes) {
+        for (payload, _) in log::scan(bytes) {
             if let Record::Undo(u) = log::decode(payload, &what)? {
                 undo.push(u);
             }
@@ -474,7 +488,7 @@ impl Store {
             stamp: stamp_of(&f.metadata()?),
             end,
         });
-        Ok(())
+        Ok(end)
     }
 
     /// Writes undo records' old rows back, the last record first.
@@ -591,7 +605,7 @@ impl Store {
                 files::sync_dir(&self.dir)?;
             }
         }
-        let (record, at) = (log::commit(self.meta.next_file_id, &t.ops), t.log_end);
+        let (record, at) = (log::commit(self.meta.next_file_id, &t.ops)?, t.log_end);
         let durable = self.durable;
         let f = self.log_writer()?;
         f.write_all_at(&record, at)?;
@@ -1016,9 +1030,14 @@ impl Store {
         data: &[u8],
     ) -> Result<()> {
         let row = view.row;
-        let mut old = vec![0u8; data.len()];
-        gather::rows(view.src(), row, &physical, &mut old);
-        let record = log::undo(&e.file, row, &physical, &old);
+        // The old contents of each row once, ascending (a row given twice ends with its last
+        // value, written below; its old contents are what undo puts back).
+        let mut rows = physical.clone();
+        rows.sort_unstable();
+        rows.dedup();
+        let mut old = vec![0u8; rows.len() * row];
+        gather::rows(view.src(), row, &rows, &mut old);
+        let record = log::undo(&e.file, row, &rows, &old)?;
         let at = self.txn().log_end;
         let durable = self.durable;
         let f = self.log_writer()?;
@@ -1031,7 +1050,7 @@ impl Store {
         t.undo.push(log::Undo {
             file: e.file.clone(),
             row_bytes: row,
-            rows: physical.clone(),
+            rows,
             old,
         });
         if self.durable {
