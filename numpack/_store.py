@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, SupportsIndex, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend, _dtypes, _indexing, _progress, _repr
+from . import _backend, _compat07, _dtypes, _import07, _indexing, _progress, _repr
 from ._backend import Entry
 from ._batch import BatchModeContext, WritableBatchMode
 from ._errors import (
     ArrayNotFoundError,
+    CorruptStoreError,
     InvalidArgumentError,
     InvalidTypeError,
     RowIndexError,
@@ -88,10 +91,19 @@ class NumPack:
     `with npk.transaction():` makes the calls inside one commit: other readers see all of them
     or none, and an exception undoes them all. NumPack 0.7's `batch_mode()` and
     `writable_batch_mode()` are transactions too.
+
+    NumPack 0.7's keywords: with `strict_context_mode=True` every call made outside a `with`
+    block raises StrictContextError (a RuntimeError); with `warn_no_context=True` (None: True
+    on Windows) the first such call warns; `force_gc_on_close=True` runs a garbage-collection
+    pass in `close()`. The store is open once the NumPack exists (0.7 waits for `open()` or a
+    `with` block; both work here too).
     """
 
+    _store: Any = None  # the backend's Store; None once closed
     _batch: BatchModeContext | None = None
     _txn_depth = 0
+    _context_rule: str | None = None  # "strict", "warn" or None: see _compat07.context_rule
+    _with_depth = 0  # `with` blocks entered and not left
 
     @os_errors
     def __init__(
@@ -101,15 +113,35 @@ class NumPack:
         backend: str | None = None,
         lock_timeout: float = 10.0,
         durable: bool = False,
+        *,
+        strict_context_mode: bool = False,
+        warn_no_context: bool | None = None,
+        force_gc_on_close: bool = False,
     ) -> None:
-        self.backend, module = _backend.load(backend)
+        self.backend, self._module = _backend.load(backend)
         self._path = os.path.abspath(os.fspath(filename))
         if not isinstance(durable, bool):
             raise InvalidTypeError(f"durable must be a bool, got {durable!r}")
         self._durable = durable
-        self._store = module.Store(self._path, float(lock_timeout), durable)
+        self._lock_timeout = float(lock_timeout)
+        self._context_rule = _compat07.context_rule(strict_context_mode, warn_no_context)
+        self._force_gc = bool(force_gc_on_close)
+        self._open_store()
         if drop_if_exists:
-            self.reset()
+            with self._unruled():  # making the store is no use of it outside a `with`
+                self.reset()
+
+    @os_errors
+    def _open_store(self) -> None:
+        try:
+            self._store = self._module.Store(self._path, self._lock_timeout, self._durable)
+        except CorruptStoreError as e:
+            if _import07.is_store07(self._path):
+                raise CorruptStoreError(
+                    f"{self._path} is a store written by NumPack 0.7, whose format numpack "
+                    "does not open: convert it with numpack.import_numpack07(src, dst)"
+                ) from e
+            raise
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -117,10 +149,27 @@ class NumPack:
     def _s(self):
         store = self._store
         if store is None:
-            raise StoreClosedError(f"the NumPack at {self._path} is closed")
+            raise StoreClosedError(f"the NumPack at {self._path} is closed (open() reopens it)")
+        if self._context_rule is not None and not self._with_depth:
+            self._outside_with()
         if self._batch is not None:
             self._batch.settle()  # every call but batch_mode's load/save sees the saved arrays
         return store
+
+    def _outside_with(self) -> None:
+        """A call outside a `with` block under strict_context_mode or warn_no_context."""
+        if self._context_rule == "strict":
+            raise _compat07.StrictContextError(
+                f"the NumPack at {self._path} was made with strict_context_mode=True: "
+                "use it inside `with NumPack(...) as npk:`"
+            )
+        self._context_rule = None  # warn once
+        warnings.warn(
+            f"the NumPack at {self._path} is used outside a `with` block (warn_no_context): "
+            "numpack works without one, and close() releases its files",
+            UserWarning,
+            stacklevel=_compat07.user_stacklevel(),
+        )
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -309,6 +358,35 @@ class NumPack:
         """Remove every array."""
         self._s.reset()
 
+    def update(self, array_name: str) -> None:
+        """NumPack 0.7's name for `compact(array_name)`: reclaim the space of dropped rows."""
+        self.compact(_check_name(array_name))
+
+    @os_errors
+    def clone(self, source_name: str, target_name: str) -> None:
+        """Copy the array `source_name` to a new array `target_name` (NumPack 0.7's clone):
+        its live rows, dtype and compression, in one commit, a chunk of rows at a time (so
+        arrays larger than memory clone). ArrayNotFoundError (a KeyError) when the source is
+        missing, InvalidArgumentError (a ValueError) when the target exists."""
+        _check_name(target_name)
+        with self.transaction():  # holds the write lock: the check below stays true
+            if target_name in self._s.names():
+                raise InvalidArgumentError(f"array {target_name!r} already exists")
+            view = self._s.view(_check_name(source_name))
+            comp = next(e.compression for e in self._entries() if e.name == source_name)
+            level = None if comp is None else comp["level"]
+            block_rows = None if comp is None else comp["block_rows"]
+            lazy = LazyArray(view, self._path, source_name, self.backend)
+            row_bytes = lazy.itemsize * int(np.prod(lazy.shape[1:], dtype=np.int64))
+            step = _compat07.chunk_rows(row_bytes, block_rows or 1)
+            for start in range(0, max(1, len(lazy)), step):
+                rows = _dtypes.to_disk(lazy.rows(slice(start, start + step)), target_name)
+                item = [(target_name, rows.dtype.str, rows.shape, as_bytes(rows))]
+                if start == 0:
+                    self._s.save(item, level, block_rows)
+                else:
+                    self._s.append(item)
+
     # -- reads ------------------------------------------------------------------------------
 
     @overload
@@ -345,7 +423,12 @@ class NumPack:
     def getitem(self, name: str, indexes: RowIndex) -> Any:
         """Rows of an array, gathered in the order of `indexes` (an int drops the first axis)."""
         view = self._s.view(_check_name(name))
-        if type(indexes) is np.ndarray and indexes.dtype == np.int64 and indexes.ndim == 1:
+        if (
+            type(indexes) is np.ndarray
+            and indexes.dtype == np.int64
+            and indexes.ndim == 1
+            and indexes.flags.c_contiguous
+        ):
             # The common case in a hot loop: the backend checks the rows itself; negative or
             # out-of-range ones take the general path below (which resolves or reports them).
             out = np.empty((len(indexes), *view.shape[1:]), _dtypes.native(view.dtype))
@@ -357,8 +440,11 @@ class NumPack:
         return LazyArray(view, self._path, name, self.backend).rows(indexes)
 
     @os_errors
-    def stream_load(self, name: str, buffer_size: int = 1000) -> StreamLoader:
-        """Iterate over an array in batches of `buffer_size` rows (`len()` gives the count)."""
+    def stream_load(self, name: str, buffer_size: int | None = 1000) -> StreamLoader:
+        """Iterate over an array in batches of `buffer_size` rows (`len()` gives the count);
+        `buffer_size=None` is NumPack 0.7's one row at a time (batches of one row)."""
+        if buffer_size is None:
+            buffer_size = 1
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, (int, np.integer)):
             raise InvalidTypeError("buffer_size must be an int")
         if buffer_size < 1:
@@ -388,25 +474,57 @@ class NumPack:
 
     @os_errors
     def get_metadata(self) -> dict[str, Any]:
-        """A plain dict describing the store and each array."""
+        """A plain dict describing the store and each array.
+
+        It also carries NumPack 0.7's keys: `total_arrays` and `base_dir`, and per array
+        `data_file`, `last_modified` and `size_bytes` (the same facts as `file`, `modified_us`
+        and `nbytes`); a shape is a tuple that also equals the list 0.7 gives.
+        """
         arrays = {}
         for name, dtype, shape, dropped, modified, file, disk, comp in self._entries():
             dt = _dtypes.native(dtype)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
             arrays[name] = {
                 "dtype": str(dt),
-                "shape": tuple(shape),
-                "nbytes": int(np.prod(shape, dtype=np.int64)) * dt.itemsize,
+                "shape": _compat07.Shape(shape),
+                "nbytes": nbytes,
                 "rows_dropped": dropped,
                 "bytes_on_disk": disk,
                 "modified_us": modified,
                 "file": file,
                 "compression": comp,
+                "data_file": file,
+                "last_modified": modified,
+                "size_bytes": nbytes,
             }
         return {
             "path": self._path,
             "backend": self.backend,
             "format_version": self._s.format_version(),
             "arrays": arrays,
+            "total_arrays": len(arrays),
+            "base_dir": self._path,
+        }
+
+    @os_errors
+    def get_io_stats(self) -> dict[str, Any]:
+        """NumPack 0.7's statistics call. numpack counts no per-call I/O (reads go through the
+        operating system's page cache), so `stats_available` is False, as in 0.7; what it
+        reports is what the store holds: `backend_type`, `format_version`, `arrays`, `nbytes`
+        (the live rows' bytes), `bytes_on_disk` and `rows_dropped` (rows `compact()` or
+        `update()` would reclaim)."""
+        entries = self._entries()
+        return {
+            "backend_type": self.backend,
+            "stats_available": False,
+            "format_version": self._s.format_version(),
+            "arrays": len(entries),
+            "nbytes": sum(
+                int(np.prod(e.shape, dtype=np.int64)) * _dtypes.native(e.dtype).itemsize
+                for e in entries
+            ),
+            "bytes_on_disk": sum(e.bytes_on_disk for e in entries),
+            "rows_dropped": sum(e.dropped for e in entries),
         }
 
     @os_errors
@@ -427,8 +545,10 @@ class NumPack:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release the store's files; further calls raise StoreClosedError. Idempotent."""
+    def close(self, force_gc: bool | None = None) -> None:
+        """Release the store's files; further calls raise StoreClosedError until `open()`.
+        Idempotent. `force_gc=True` (None: the `force_gc_on_close` given to the constructor)
+        then runs a garbage-collection pass, as NumPack 0.7 does."""
         store, self._store = self._store, None
         if store is not None:
             if self._txn_depth:  # a transaction left open is undone, as an exception would
@@ -436,22 +556,65 @@ class NumPack:
                 self._batch = None
                 store.abort()
             store.close()
+        if force_gc or (force_gc is None and self._force_gc):
+            gc.collect()
+
+    @os_errors
+    def open(self) -> None:
+        """NumPack 0.7's open(): reopens the store after `close()`; a no-op on an open one
+        (numpack opens the store when the NumPack is made). Under `strict_context_mode` it
+        raises StrictContextError outside a `with` block, as 0.7 documents."""
+        if self._context_rule == "strict" and not self._with_depth:
+            self._outside_with()
+        if self._store is None:
+            self._open_store()
+
+    @property
+    def is_opened(self) -> bool:
+        """Whether calls work: True from construction until `close()`, and after `open()`."""
+        return self._store is not None
+
+    @property
+    def is_closed(self) -> bool:
+        return self._store is None
+
+    @property
+    def backend_type(self) -> str:
+        """NumPack 0.7's name for `backend`: "rust" or "python"."""
+        return self.backend
 
     def __enter__(self) -> NumPack:
+        """Reopens a closed store (as NumPack 0.7 does); the block's end closes it."""
+        if self._store is None:
+            self._open_store()
+        self._with_depth += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._with_depth = max(0, self._with_depth - 1)
         self.close()
+
+    @contextlib.contextmanager
+    def _unruled(self) -> Iterator[None]:
+        """A repr reads the store without being a use of it that strict_context_mode refuses
+        or warn_no_context warns about."""
+        self._with_depth += 1
+        try:
+            yield
+        finally:
+            self._with_depth -= 1
 
     def __repr__(self) -> str:
         """One line: path, backend, how many arrays, and the first few (name, shape, dtype,
         "zstd" when compressed)."""
-        return _repr.store_repr(self)
+        with self._unruled():
+            return _repr.store_repr(self)
 
     def _repr_html_(self) -> str:
         """For Jupyter: a table of the arrays (name, shape, dtype, size on disk, compression
         ratio, rows dropped, modified time)."""
-        return _repr.store_html(self)
+        with self._unruled():
+            return _repr.store_html(self)
 
 
 class StreamLoader:

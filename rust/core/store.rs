@@ -540,6 +540,9 @@ impl Store {
         let t = self.txn();
         t.log_end = sp.log_end;
         let created = t.created.split_off(sp.created);
+        for f in &created {
+            t.written.remove(f); // deleted below: nothing of it to sync at the commit
+        }
         t.retired.truncate(sp.retired);
         t.ops.truncate(sp.ops);
         let ops = t.ops.clone();
