@@ -1,5 +1,7 @@
 """numpack: keep many large NumPy arrays on disk and change them in place."""
 
+from ._batch import BatchModeContext, WritableBatchMode
+from ._compat07 import force_cleanup_windows_handles, get_backend_info
 from ._convert import export_npy, import_folder, import_npy, import_npz
 from ._errors import (
     ArrayNotFoundError,
@@ -13,8 +15,10 @@ from ._errors import (
     StoreClosedError,
     StoreIOError,
     StoreLockedError,
+    StrictContextError,
     WriterSupersededError,
 )
+from ._import07 import import_numpack07
 from ._lazy import LazyArray
 from ._npy8 import NPY8
 from ._npyt import NPYT
@@ -25,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArrayNotFoundError",
+    "BatchModeContext",
     "CorruptStoreError",
     "DTypeError",
     "InvalidArgumentError",
@@ -40,10 +45,15 @@ __all__ = [
     "StoreIOError",
     "StoreLockedError",
     "StreamLoader",
+    "StrictContextError",
+    "WritableBatchMode",
     "WriterSupersededError",
     "export_npy",
+    "force_cleanup_windows_handles",
+    "get_backend_info",
     "import_folder",
     "import_npy",
     "import_npz",
+    "import_numpack07",
     "top_k",
 ]

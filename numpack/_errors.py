@@ -57,6 +57,11 @@ class WriterSupersededError(StoreLockedError):
     write lock (a re-run `NPYT(f).load("r+")`); the older object may no longer write."""
 
 
+class StrictContextError(NumPackError, RuntimeError):
+    """A NumPack made with `strict_context_mode=True` was used outside a `with` block (NumPack
+    0.7 raises RuntimeError there, so this is one)."""
+
+
 class StoreIOError(NumPackError, OSError):
     """An operating-system error while reading or writing the store (disk full, permissions)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, Union, overload
 
@@ -9,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _dtypes, _indexing, _repr
+from ._compat07 import LazyArray07
 from ._errors import InvalidTypeError, RowIndexError
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ def _reopen(path: str, name: str, backend: str) -> LazyArray:
         return npk.load(name, lazy=True)
 
 
-class LazyArray:
+class LazyArray(LazyArray07):
     """An array in a NumPack store that has not been read yet.
 
     Indexing follows NumPy's rules and reads only the rows it selects, into a new ndarray.
@@ -47,6 +49,9 @@ class LazyArray:
     A LazyArray is a snapshot of the rows the array had when it was made: rows replaced in
     place afterwards show their new values; rows appended or dropped afterwards, and arrays
     saved over or dropped afterwards, do not change what it shows (it keeps the old file).
+
+    NumPack 0.7's LazyArray methods come from `LazyArray07`: NumPy's operators (returning
+    ndarrays), `copy()`, `close()` and `with lazy:`, and its gather helpers.
     """
 
     def __init__(
@@ -198,9 +203,24 @@ class LazyArray:
             arr = arr.astype(dtype)
         return arr
 
+    def to_dask(self, chunks: Any = None) -> Any:
+        """This array as a dask array whose tasks reopen the store by path wherever they run
+        (see `numpack.io.to_dask`; needs dask: `pip install 'numpack[dask]'`)."""
+        from .io._dask import from_lazy
+
+        return from_lazy(self, chunks)
+
     def reshape(self, *shape: Any, order: Literal["C", "F", "A"] = "C") -> npt.NDArray[Any]:
         """`np.asarray(self).reshape(...)`: a view of the mapping when one is possible."""
         return np.asarray(self).reshape(*shape, order=order)
+
+    def top_k(
+        self, queries: npt.ArrayLike, k: int, metric: str = "dot"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k search of this array's rows: `numpack.top_k(queries, self, k, metric)`."""
+        from ._search import top_k  # _search imports this module
+
+        return top_k(queries, self, k, metric)
 
     def __matmul__(self, other: npt.ArrayLike) -> Any:
         return np.asarray(self) @ other
@@ -221,6 +241,8 @@ class LazyArray:
 
     def _repr_html_(self) -> str:
         """Shape, dtype, compression, source, and the first and last rows (only those read)."""
+        if self.closed:  # no rows to preview
+            return f"<pre>{html.escape(repr(self))} (closed)</pre>"
         return _repr.lazy_html(self)
 
 

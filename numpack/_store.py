@@ -23,6 +23,7 @@ from ._errors import (
     RowIndexError,
     ShapeMismatchError,
     StoreClosedError,
+    StrictContextError,
     os_errors,
 )
 from ._lazy import LazyArray, RowIndex, RowsIndex, as_bytes
@@ -159,7 +160,7 @@ class NumPack:
     def _outside_with(self) -> None:
         """A call outside a `with` block under strict_context_mode or warn_no_context."""
         if self._context_rule == "strict":
-            raise _compat07.StrictContextError(
+            raise StrictContextError(
                 f"the NumPack at {self._path} was made with strict_context_mode=True: "
                 "use it inside `with NumPack(...) as npk:`"
             )
@@ -596,8 +597,8 @@ class NumPack:
 
     @contextlib.contextmanager
     def _unruled(self) -> Iterator[None]:
-        """A repr reads the store without being a use of it that strict_context_mode refuses
-        or warn_no_context warns about."""
+        """Reads that are no use of the store by the caller (a repr, the constructor's reset),
+        which strict_context_mode does not refuse nor warn_no_context warn about."""
         self._with_depth += 1
         try:
             yield

@@ -184,7 +184,8 @@ def _apply(meta: dict, op: dict) -> None:
                     index[24 * k : 24 * k + 24] = rec
             e["compression"]["blocks"] = bytes(index)
         if "deleted" in op:
-            rows = np.union1d(np.frombuffer(e["deleted"], "<u8"), np.frombuffer(op["deleted"], "<u8"))
+            old, new = np.frombuffer(e["deleted"], "<u8"), np.frombuffer(op["deleted"], "<u8")
+            rows = np.union1d(old, new)
             e["deleted"] = rows.astype("<u8").tobytes()
 
 
