@@ -95,7 +95,7 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
             "np.save + fsync of the file and directory",
             npy_save_fsync,
             lambda n: durable[n.backend].save({"a": arr}),
-            "whole array, fsync of data, metadata and directory",
+            "whole array, fsync of data, directory and commit record",
             5,
         ),
         (
@@ -103,7 +103,7 @@ def workload(rows: int, cols: int, repeat: int, backends: list[str]) -> list[dic
             "np.load(mmap_mode='r+') + assign + flush (msync)",
             memmap_replace_msync,
             lambda n: durable[n.backend].replace({"a": new_rows}, idx(k_small)),
-            "in place; fsync of undo journal, data, metadata and directory",
+            "in place; fsync of undo record, data and commit record",
             10,
         ),
         (

@@ -134,7 +134,7 @@ def small_calls(rows: int, repeat: int, backends: list[str], tmp: str) -> list[d
 
     table = [
         row("append 100 rows", "np.load + concatenate + np.save", npy_append,
-            lambda n: n.append({"a": new}), 3 * repeat),
+            lambda n: n.append({"a": new}), 10 * repeat),
         row("replace 100 rows", "np.load(mmap_mode='r+') + assign + close", memmap_replace,
             lambda n: n.replace({"a": new}, idx["k"]), 40 * repeat),
         row("getitem 100 random rows, hot", "open np.memmap[idx]", lambda: mm[idx["k"]],
