@@ -200,13 +200,6 @@ impl Reader<'_> {
             rest = tail;
         }
         tasks.into_par_iter().try_for_each(|(k, pieces, here)| {
-            let whole = self.index.rows_of(k, self.rows);
-            if pieces[..] == [(whole.start, whole.end - whole.start)] {
-                // All of the block's rows: decoded straight into the output, no copy.
-                let rec = &self.index.blocks[k];
-                let stored = &self.src[rec.offset as usize..rec.end() as usize];
-                return compress::decode_into(stored, rec, self.layout, here, self.what);
-            }
             let block = self.block(k)?;
             let base = k as u64 * br;
             let mut at = 0;

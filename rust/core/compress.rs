@@ -161,8 +161,7 @@ fn pick_filter(raw: &[u8], layout: Layout, level: i32) -> Result<u8> {
     Ok(best.1)
 }
 
-/// Decodes one block of `raw_len` bytes from its stored bytes, checking everything. The
-/// buffer is reserved fallibly: `raw_len` comes from metadata that may lie.
+/// Decodes one block of `raw_len` bytes from its stored bytes, checking everything.
 pub fn decode(
     stored: &[u8],
     record: &Record,
@@ -170,32 +169,15 @@ pub fn decode(
     raw_len: usize,
     what: &str,
 ) -> Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    raw.try_reserve_exact(raw_len)
-        .map_err(|_| Error::Corrupt(format!("{what}: cannot allocate {raw_len} bytes")))?;
-    raw.resize(raw_len, 0);
-    decode_into(stored, record, layout, &mut raw, what)?;
-    Ok(raw)
-}
-
-/// Decodes one block straight into `out` (exactly its raw size), checking everything: the
-/// frame's declared size before decompressing, the CRC-32 after.
-pub fn decode_into(
-    stored: &[u8],
-    record: &Record,
-    layout: Layout,
-    out: &mut [u8],
-    what: &str,
-) -> Result<()> {
     let corrupt = |why: &str| Error::Corrupt(format!("{what}: {why}"));
-    let raw_len = out.len();
-    match record.codec {
-        STORED_RAW if stored.len() == raw_len => out.copy_from_slice(stored),
+    let raw = match record.codec {
+        STORED_RAW if stored.len() == raw_len => stored.to_vec(),
         STORED_RAW => return Err(corrupt("a raw block has the wrong size")),
         _ => {
             let want = filtered_len(raw_len, layout.unit, record.filter);
-            // A damaged header could claim any size: check it before anything is written.
-            // The frame must declare its size (FORMAT.md 7).
+            // A damaged header could claim any size: check it before anything is allocated.
+            // The frame must declare its size (FORMAT.md 7), or the buffer would be sized
+            // from the metadata alone.
             match zstd::zstd_safe::get_frame_content_size(stored) {
                 Ok(Some(n)) if n == want as u64 => {}
                 Ok(Some(n)) => {
@@ -206,46 +188,24 @@ pub fn decode_into(
                 Ok(None) => return Err(corrupt("a block's frame does not declare its size")),
                 Err(_) => return Err(corrupt("a block is not a zstd frame")),
             }
-            let decompressed = if record.filter == NO_FILTER {
-                decompress(stored, out)
-            } else {
-                // Filtered bytes go through a scratch buffer kept by the thread, then are
-                // unfiltered into `out`: one pass, no allocation per block.
-                SCRATCH.with(|scratch| {
-                    let mut scratch = scratch.borrow_mut();
-                    let have = scratch.len();
-                    if have < want {
-                        scratch.try_reserve_exact(want - have).map_err(|_| {
-                            std::io::Error::other(format!("cannot allocate {want} bytes"))
-                        })?;
-                        scratch.resize(want, 0);
-                    }
-                    let n = decompress(stored, &mut scratch[..want])?;
-                    if n == want {
-                        unfilter(&scratch[..want], layout, record.filter, out);
-                    }
-                    Ok(n)
-                })
-            };
-            let n =
-                decompressed.map_err(|e| corrupt(&format!("a block does not decompress ({e})")))?;
-            if n != want {
+            let filtered = decompress(stored, want)
+                .map_err(|e| corrupt(&format!("a block does not decompress ({e})")))?;
+            if filtered.len() != want {
                 return Err(corrupt("a block decompresses to the wrong size"));
             }
+            undo(filtered, layout, record.filter, raw_len)
         }
-    }
-    if crc32fast::hash(out) != record.crc32 {
+    };
+    if crc32fast::hash(&raw) != record.crc32 {
         return Err(corrupt("a block fails its CRC-32 check"));
     }
-    Ok(())
+    Ok(raw)
 }
 
 thread_local! {
     // zstd contexts hold megabytes of tables: one per thread, reused, instead of one per block.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-    // Decompressed bytes of a filtered block, before the filter is undone.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
@@ -258,8 +218,12 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Decompresses one frame into `out`; returns how many bytes it wrote.
-fn decompress(data: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
+/// Decompresses one frame of at most `capacity` bytes. The capacity comes from metadata that
+/// may lie, so it is reserved fallibly: a failure is an error, not an abort.
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(capacity)
+        .map_err(|_| std::io::Error::other(format!("cannot allocate {capacity} bytes")))?;
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
@@ -267,8 +231,9 @@ fn decompress(data: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
         }
         d.as_mut()
             .expect("set above")
-            .decompress_to_buffer(data, out)
-    })
+            .decompress_to_buffer(data, &mut out)
+    })?;
+    Ok(out)
 }
 
 /// Bytes a filter turns `raw_len` bytes into: bit planes round up to whole bytes.
@@ -294,16 +259,16 @@ fn apply(raw: &[u8], layout: Layout, filter: u8) -> Cow<'_, [u8]> {
     }
 }
 
-/// Undoes `filter` from `filtered` into `out` (the block's raw bytes).
-fn unfilter(filtered: &[u8], layout: Layout, filter: u8, out: &mut [u8]) {
-    match filter {
-        NO_FILTER => out.copy_from_slice(filtered),
-        SHUFFLE | DELTA_SHUFFLE => unshuffle(filtered, layout.unit, out),
-        _ => unbitshuffle(filtered, layout.unit, out),
-    }
+fn undo(filtered: Vec<u8>, layout: Layout, filter: u8, raw_len: usize) -> Vec<u8> {
+    let mut raw = match filter {
+        NO_FILTER => return filtered,
+        SHUFFLE | DELTA_SHUFFLE => unshuffle(&filtered, layout.unit),
+        _ => unbitshuffle(&filtered, layout.unit, raw_len),
+    };
     if matches!(filter, DELTA_SHUFFLE | DELTA_BITSHUFFLE) {
-        undelta(out, layout);
+        undelta(&mut raw, layout);
     }
+    raw
 }
 
 macro_rules! by_unit {
@@ -340,16 +305,18 @@ fn shuffle(src: &[u8], unit: usize) -> Vec<u8> {
     out
 }
 
-fn unshuffle(src: &[u8], unit: usize, out: &mut [u8]) {
+fn unshuffle(src: &[u8], unit: usize) -> Vec<u8> {
     if unit < 2 {
-        return out.copy_from_slice(src);
+        return src.to_vec();
     }
     let n = src.len() / unit;
+    let mut out = vec![0u8; src.len()];
     for (i, u) in out.chunks_exact_mut(unit).enumerate() {
         for (j, b) in u.iter_mut().enumerate() {
             *b = src[j * n + i];
         }
     }
+    out
 }
 
 /// Transposes an 8x8 bit matrix: bit `c` of byte `r` becomes bit `r` of byte `c`.
@@ -407,28 +374,20 @@ fn bitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
     }
 }
 
-fn unbitshuffle(src: &[u8], unit: usize, out: &mut [u8]) {
+fn unbitshuffle(src: &[u8], unit: usize, raw_len: usize) -> Vec<u8> {
     let plane = src.len() / (8 * unit);
-    // Whole groups of eight units go straight to `out`; a last partial one through a copy.
-    let whole = out.len() / (8 * unit);
-    let (head, tail) = out.split_at_mut(whole * 8 * unit);
-    by_unit!(bytes unit, unbitshuffle_units, src, head, plane, 0);
-    if !tail.is_empty() {
-        let mut last = vec![0u8; 8 * unit];
-        by_unit!(bytes unit, unbitshuffle_units, src, &mut last, plane, whole);
-        tail.copy_from_slice(&last[..tail.len()]);
-    }
+    let mut out = vec![0u8; 8 * unit * plane];
+    by_unit!(bytes unit, unbitshuffle_units, src, &mut out, plane);
+    out.truncate(raw_len);
+    out
 }
 
-/// Units of groups `first..` (of `plane` in all) into `out`, which holds whole groups.
-fn unbitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize, first: usize) {
+fn unbitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
     let mut tile = [[0u8; TILE]; 64];
-    let groups = out.len() / (8 * U);
-    for g0 in (0..groups).step_by(TILE) {
-        let len = TILE.min(groups - g0);
-        let at = first + g0;
+    for g0 in (0..plane).step_by(TILE) {
+        let len = TILE.min(plane - g0);
         for (p, row) in tile.iter_mut().take(8 * U).enumerate() {
-            row[..len].copy_from_slice(&src[p * plane + at..p * plane + at + len]);
+            row[..len].copy_from_slice(&src[p * plane + g0..p * plane + g0 + len]);
         }
         for (t, group) in out[g0 * 8 * U..(g0 + len) * 8 * U]
             .chunks_exact_mut(8 * U)
@@ -528,16 +487,14 @@ mod tests {
             .flat_map(|i| (i * 37 + 5).to_le_bytes())
             .collect();
         for unit in [1, 2, 4, 8] {
-            // Whole groups of eight units, and a last partial group.
-            for (row_bytes, raw) in [(16, &raw[..]), (unit, &raw[..unit * 1001])] {
-                let layout = Layout { row_bytes, unit };
-                for filter in 0..=DELTA_BITSHUFFLE {
-                    let f = apply(raw, layout, filter).into_owned();
-                    assert_eq!(f.len(), filtered_len(raw.len(), unit, filter));
-                    let mut back = vec![0u8; raw.len()];
-                    unfilter(&f, layout, filter, &mut back);
-                    assert_eq!(back, raw);
-                }
+            let layout = Layout {
+                row_bytes: 16,
+                unit,
+            };
+            for filter in 0..=DELTA_BITSHUFFLE {
+                let f = apply(&raw, layout, filter).into_owned();
+                assert_eq!(f.len(), filtered_len(raw.len(), unit, filter));
+                assert_eq!(undo(f, layout, filter, raw.len()), raw);
             }
         }
     }
