@@ -124,6 +124,14 @@ class NumPack:
         if not isinstance(durable, bool):
             raise InvalidTypeError(f"durable must be a bool, got {durable!r}")
         self._durable = durable
+        real = (int, float, np.integer, np.floating)
+        if isinstance(lock_timeout, (bool, np.bool_)) or not isinstance(lock_timeout, real):
+            raise InvalidTypeError(f"lock_timeout must be seconds (a number), got {lock_timeout!r}")
+        if not 0 <= lock_timeout < 2**63:  # NaN fails too; Rust's Duration holds < 2**64 s
+            raise InvalidArgumentError(
+                f"lock_timeout must be seconds from 0 up to (not including) 2**63, "
+                f"got {lock_timeout!r}"
+            )
         self._lock_timeout = float(lock_timeout)
         self._context_rule = _compat07.context_rule(strict_context_mode, warn_no_context)
         self._force_gc = bool(force_gc_on_close)

@@ -2,7 +2,8 @@
 
 Every test that takes `backend` (or `store`) runs once per backend. The rust backend is skipped
 when `numpack._core` does not import, unless NUMPACK_REQUIRE_RUST=1 (CI), which turns the skip
-into a failure. Hypothesis profile "ci" is the default; HYPOTHESIS_PROFILE=dev runs more examples.
+into a failure. Hypothesis profile "ci" is the default (derandomised: the same examples each run);
+HYPOTHESIS_PROFILE=dev runs ten times as many, randomised (the long opt-in run).
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ from hypothesis import HealthCheck, settings
 
 from numpack import NumPack
 
+# "ci" (the default) is derandomised: the same examples every run, so a red CI run is a
+# regression, not luck, and reruns reproduce it. "dev" is the long randomised run (opt-in).
 settings.register_profile(
-    "ci", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "ci",
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
-    "dev", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "dev",
+    max_examples=300,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

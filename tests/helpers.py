@@ -53,6 +53,29 @@ def require_backend(name: str) -> None:
             pytest.skip(msg)
 
 
+def mount_refused(why: str) -> None:
+    """Skip a test that needs `mount` (root, a kernel that allows it) where it is refused,
+    or, with NUMPACK_REQUIRE_MOUNT=1 (CI, which runs as root on a VM), fail it."""
+    msg = f"{why}; NUMPACK_REQUIRE_MOUNT=1 requires it"
+    if os.environ.get("NUMPACK_REQUIRE_MOUNT", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(why)
+
+
+def bind_mount_read_only(src, dst) -> None:
+    """Bind-mount directory `src` read-only at `dst` (an empty directory); where that is
+    refused, `mount_refused`. Undo with `umount -l dst`."""
+    for cmd in (["mount", "--bind", str(src), str(dst)],
+                ["mount", "-o", "remount,ro,bind", str(dst)]):  # fmt: skip
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError:
+            mount_refused("mount is not installed")
+        if res.returncode:
+            subprocess.run(["umount", str(dst)], capture_output=True)
+            mount_refused(f"this machine refuses bind mounts: {res.stderr.strip()}")
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 

@@ -12,7 +12,9 @@ replaced in a compressed array (new block versions go elsewhere in the file). Ro
 reader reading exactly those rows at that moment may see a mix of old and new (as with
 np.memmap); once the replace returns every reader sees the new rows whole. The readers below
 therefore check checksums everywhere except in the raw array being replaced in place, and
-check that one after the writers finish.
+check that one after the writers finish. Each reader also reports the lengths of the shared
+log it saw: at least two strictly between empty and final shows it read while writers were
+appending (no timing is assumed).
 """
 
 from __future__ import annotations
@@ -100,16 +102,17 @@ print(json.dumps({"appended": appended, "tab": {str(k): v for k, v in tab.items(
 )
 
 # One reader process: until the stop file appears, takes lazy views and gathers of every
-# array and checks what it sees. Prints how many checks it made.
+# array and checks what it sees. Prints how many checks it made and the lengths of "log" it
+# saw (each a committed state), so the test can tell that it read while writers wrote.
 _READER = (
     ROWS
     + r"""
-import os, sys
+import json, os, sys
 from numpack import NumPack
-path, backend, stop, n_writers, tab_rows = sys.argv[1:6]
+path, backend, stop, n_writers, tab_rows, me = sys.argv[1:7]
 n_writers, tab_rows = int(n_writers), int(tab_rows)
-rng = np.random.default_rng(os.getpid())
-checks, prev = 0, {}
+rng = np.random.default_rng([int(me), 7])  # the same choices every run
+checks, prev, lengths = 0, {}, set()
 owners = np.arange(n_writers * tab_rows) % n_writers
 print("ready", flush=True)
 sys.stdin.readline()
@@ -129,6 +132,7 @@ while True:
             assert len(rows) >= len(seen), (name, len(rows), len(seen))
             assert np.array_equal(rows[: len(seen)], seen), name
         prev[name] = rows
+        lengths.add(len(rows))
         if len(lazy):
             idx = rng.integers(0, len(lazy), 50)
             assert np.array_equal(npk.getitem(name, idx), rows[idx]), name
@@ -159,7 +163,7 @@ while True:
     if last:
         break
 npk.close()
-print(checks)
+print(json.dumps({"checks": checks, "lengths": sorted(lengths)}))
 """
 )
 
@@ -213,20 +217,20 @@ def test_writers_and_readers(backend, tmp_path):
         ]
         procs += writers
         readers = [
-            _start(_READER, path, backend, stop, N_WRITERS, TAB_ROWS) for _ in range(N_READERS)
+            _start(_READER, path, backend, stop, N_WRITERS, TAB_ROWS, r) for r in range(N_READERS)
         ]
         procs += readers
         _wait_ready(procs)
         _go(procs)
         models = [json.loads(_finish(p).strip().splitlines()[-1]) for p in writers]
         stop.touch()
-        checks = [int(_finish(p).strip().splitlines()[-1]) for p in readers]
+        seen = [json.loads(_finish(p).strip().splitlines()[-1]) for p in readers]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-    assert all(c > 0 for c in checks), checks
+    assert all(s["checks"] > 0 for s in seen), seen
 
     # No lost update: every array is exactly what the writers logged.
     with NumPack(path, backend=backend) as npk:
@@ -238,6 +242,12 @@ def test_writers_and_readers(backend, tmp_path):
             assert mine[:, 1].tolist() == model["appended"]  # all, once, in order
             assert np.array_equal(mine, make_rows_like(mine))
         assert len(log) == sum(len(m["appended"]) for m in models)
+        # Readers overlapped writers: each saw "log" at two or more lengths strictly between
+        # empty and final, states that exist only while writers are still appending. (Only
+        # lengths of whole commits: check_rows and the prefix checks above passed on them.)
+        for s in seen:
+            during = [n for n in s["lengths"] if 0 < n < len(log)]
+            assert len(during) >= 2, (len(log), s)
         expected_tab = tab.copy()
         for model in models:
             for r, v in model["tab"].items():

@@ -453,18 +453,16 @@ def test_version_1_interrupted_replace_is_undone_on_upgrade(backend, tmp_path):
 
 @pytest.fixture
 def read_only_mount(tmp_path):
-    """A directory bind-mounted read-only (needs root; skipped where mounts are refused)."""
+    """A directory bind-mounted read-only (needs root; skipped where mounts are refused,
+    a failure with NUMPACK_REQUIRE_MOUNT=1)."""
+    from helpers import bind_mount_read_only
+
     src, dst = tmp_path / "src", tmp_path / "ro"
     src.mkdir()
     dst.mkdir()
 
     def mount():
-        cmds = [["mount", "--bind", str(src), str(dst)],
-                ["mount", "-o", "remount,ro,bind", str(dst)]]  # fmt: skip
-        for cmd in cmds:
-            if subprocess.run(cmd, capture_output=True).returncode:
-                subprocess.run(["umount", str(dst)], capture_output=True)
-                pytest.skip("this machine refuses bind mounts")
+        bind_mount_read_only(src, dst)
 
     yield src, dst, mount
     # Lazily: a store a failed test left open may still map files there.

@@ -3,7 +3,8 @@ and garbage collection release everything, and a full disk is a clean error that
 store as it was (both backends, raw and compressed arrays).
 
 The full disk is simulated two ways: a small tmpfs (ENOSPC; only where `mount -t tmpfs` is
-allowed, as root in CI containers) and RLIMIT_FSIZE in a subprocess, with SIGXFSZ ignored, so
+allowed, as root in CI, where NUMPACK_REQUIRE_MOUNT=1 turns a refused mount from a skip into a
+failure) and RLIMIT_FSIZE in a subprocess, with SIGXFSZ ignored, so
 that writes past the limit fail with EFBIG (which every file system honours).
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_same_array, run_python
+from helpers import assert_same_array, mount_refused, run_python
 
 from numpack import NumPack, NumPackError, StoreIOError
 
@@ -266,15 +267,19 @@ def test_file_size_limit_is_a_clean_error(backend, tmp_path, limit):
             npk.append({"small": np.arange(3)})
 
 
-def _mount_tmpfs(where: Path, size: str) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
+def _mount_tmpfs(where: Path, size: str) -> str | None:
+    """Mount a tmpfs of `size` at `where`; None, or why it could not."""
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root"
+    if shutil.which("mount") is None:
+        return "mount is not installed"
     where.mkdir()
     res = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
         capture_output=True,
+        text=True,
     )
-    return res.returncode == 0
+    return None if res.returncode == 0 else f"mount -t tmpfs was refused: {res.stderr.strip()}"
 
 
 def _fill(disk: Path, leave: int) -> None:
@@ -297,8 +302,9 @@ def _fill(disk: Path, leave: int) -> None:
 @pytest.fixture
 def tmpfs(tmp_path):
     disk = tmp_path / f"disk-{uuid.uuid4().hex[:8]}"
-    if not _mount_tmpfs(disk, "8m"):
-        pytest.skip("mount -t tmpfs is not allowed here (RLIMIT_FSIZE covers a full disk)")
+    why = _mount_tmpfs(disk, "8m")
+    if why is not None:  # RLIMIT_FSIZE still covers a full disk
+        mount_refused(why)
     try:
         yield disk
     finally:

@@ -257,7 +257,9 @@ def parse_entry(a, where: str, bad) -> ArrayEntry:
     modified_us = a.get("modified_us")
     if not _is_int(modified_us):
         raise bad(f"{what} has an invalid modified_us {modified_us!r}")
-    compression = a.get("compression")
+    if "compression" not in a:  # nil for raw arrays, but present (FORMAT.md 2)
+        raise bad(f"{what} has no compression key")
+    compression = a["compression"]
     if compression is not None and not isinstance(compression, dict):
         raise bad(f"{what} has an invalid compression {compression!r}")
     if compression is not None and compression.get("codec") == compress.CODEC:

@@ -54,7 +54,31 @@ struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     generation: Option<u64>,
     next_file_id: u64,
+    #[serde(deserialize_with = "array_of")]
     arrays: Vec<Wire>,
+}
+
+/// A MessagePack array only: serde would also take a bin (its bytes as a sequence), which the
+/// format does not allow.
+fn array_of<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<Wire>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<Wire>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of entry maps")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<Wire>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(w) = seq.next_element()? {
+                out.push(w);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Entries)
 }
 
 /// An entry map (FORMAT.md 2), as stored in the snapshot and in a log `put`.

@@ -1096,6 +1096,9 @@ impl Store {
         self.write(|s| {
             let view = s.view(name)?;
             view.check_rows(rows)?;
+            if rows.is_empty() {
+                return Ok(()); // nothing dropped, nothing to commit (as the python backend)
+            }
             let deleted = view.physical(rows);
             drop(view); // its reference to the dropped rows would make `push` copy them
             s.push(Op::Update(Update {
