@@ -740,20 +740,23 @@ fn use_everything(dir: &Path, write: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Empties `dir` and writes `files` into it, then `name` with the bytes under test: every case
+/// starts from the same store, the writes of the last one undone.
+fn refill(dir: &Path, files: &[(String, Vec<u8>)], name: &str, bytes: &[u8]) {
+    for f in std::fs::read_dir(dir).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    for (f, data) in files {
+        std::fs::write(dir.join(f), data).unwrap();
+    }
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
 #[test]
 fn fuzz_store_on_mutated_metadata() {
     let (meta, files) = sample();
     let dir = tempfile::tempdir().unwrap();
-    // Every case starts from the sample's files: the writes of the last one are undone.
-    let fresh = |metadata: &[u8]| {
-        for f in std::fs::read_dir(dir.path()).unwrap() {
-            std::fs::remove_file(f.unwrap().path()).unwrap();
-        }
-        for (f, bytes) in &files {
-            std::fs::write(dir.path().join(f), bytes).unwrap();
-        }
-        std::fs::write(dir.path().join("metadata.npkm"), metadata).unwrap();
-    };
+    let fresh = |metadata: &[u8]| refill(dir.path(), &files, "metadata.npkm", metadata);
     let valid = meta.encode();
     let value: Value = rmpv::decode::read_value(&mut valid.as_slice()).unwrap();
     let input = prop_oneof![
@@ -975,15 +978,7 @@ fn fuzz_store_on_mutated_log() {
         log.extend(framed(payload));
     }
     let dir = tempfile::tempdir().unwrap();
-    let fresh = |log: &[u8]| {
-        for f in std::fs::read_dir(dir.path()).unwrap() {
-            std::fs::remove_file(f.unwrap().path()).unwrap();
-        }
-        for (f, bytes) in &files {
-            std::fs::write(dir.path().join(f), bytes).unwrap();
-        }
-        std::fs::write(dir.path().join("numpack.log"), log).unwrap();
-    };
+    let fresh = |log: &[u8]| refill(dir.path(), &files, "numpack.log", log);
     let head = log[..16].to_vec();
     let recs = records.clone();
     let input = prop_oneof![
