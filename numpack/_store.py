@@ -85,9 +85,9 @@ class NumPack:
     `backend` is "rust", "python" or None (the NUMPACK_BACKEND environment variable, else rust
     when the extension imports). `lock_timeout` is how long, in seconds, a call that writes waits
     for another process's write lock before raising StoreLockedError. With `durable=True` every
-    call that writes fsyncs its data, the undo journal, the metadata and the directory before it
-    returns, so a power loss cannot undo or tear it; by default nothing is fsynced (as np.save),
-    which survives a killed process but not a power loss.
+    call that writes fsyncs its data files, undo records and commit record (spec/FORMAT.md 6)
+    before it returns, so a power loss cannot undo or tear it; by default nothing is fsynced
+    (as np.save), which survives a killed process but not a power loss.
 
     `with npk.transaction():` makes the calls inside one commit: other readers see all of them
     or none, and an exception undoes them all. NumPack 0.7's `batch_mode()` and
