@@ -25,7 +25,39 @@ _NO_ROWS = np.zeros(0, np.int64)
 _NO_BYTES = np.zeros(0, np.uint8)
 
 
-class BatchModeContext:
+class _TransactionBlock:
+    """A `with` block that is one transaction of its NumPack: `_finish()` runs inside it at the
+    end of a block that raised nothing, `_leave()` always; an exception from either, or from
+    the block, undoes the transaction."""
+
+    def __init__(self, numpack_instance: NumPack) -> None:
+        self._npk = numpack_instance
+        self._txn: Any = None
+
+    def _enter(self) -> None:
+        self._txn = self._npk.transaction()
+        self._txn.__enter__()
+
+    def _finish(self) -> None:
+        pass
+
+    def _leave(self) -> None:
+        pass
+
+    def __exit__(self, *exc: Any) -> bool:
+        try:
+            if exc[0] is None:
+                self._finish()
+        except BaseException as e:
+            self._leave()
+            self._txn.__exit__(type(e), e, e.__traceback__)
+            raise
+        self._leave()
+        self._txn.__exit__(*exc)
+        return False
+
+
+class BatchModeContext(_TransactionBlock):
     """`with npk.batch_mode(memory_limit=None):` — a transaction that caches arrays.
 
     Inside it `npk.load(name)` returns the cached array (loading it once), and `npk.save(...)`
@@ -41,32 +73,24 @@ class BatchModeContext:
             isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, float))
         ):
             raise InvalidTypeError(f"memory_limit must be a number of MB, got {memory_limit!r}")
-        self._npk = numpack_instance
+        super().__init__(numpack_instance)
         self._limit = None if memory_limit is None else memory_limit * 2**20
         self._cache: dict[str, np.ndarray] = {}
         self._dirty: dict[str, None] = {}  # names saved, in order
         self._flushing = False
-        self._txn: Any = None
 
     def __enter__(self) -> BatchModeContext:
         if self._npk._batch is not None:
             raise InvalidArgumentError("a batch mode is already active on this NumPack")
-        self._txn = self._npk.transaction()
-        self._txn.__enter__()
+        self._enter()
         self._npk._batch = self
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
-        try:
-            if exc[0] is None:
-                self.flush()
-        except BaseException as e:
-            self._npk._batch = None
-            self._txn.__exit__(type(e), e, e.__traceback__)
-            raise
+    def _finish(self) -> None:
+        self.flush()
+
+    def _leave(self) -> None:
         self._npk._batch = None
-        self._txn.__exit__(*exc)
-        return False
 
     def load(self, name: str) -> np.ndarray:
         arr = self._cache.get(name)
@@ -107,7 +131,7 @@ class BatchModeContext:
         return self._flushing
 
 
-class WritableBatchMode:
+class WritableBatchMode(_TransactionBlock):
     """`with npk.writable_batch_mode() as wb:` — writable memory maps of raw arrays.
 
     `wb.load(name)` returns an `np.memmap` (mode "r+") of the array's data file: assignments
@@ -121,29 +145,18 @@ class WritableBatchMode:
     """
 
     def __init__(self, numpack_instance: NumPack) -> None:
-        self._npk = numpack_instance
+        super().__init__(numpack_instance)
         self._maps: dict[str, np.ndarray] = {}
-        self._txn: Any = None
 
     def __enter__(self) -> WritableBatchMode:
-        self._txn = self._npk.transaction()
-        self._txn.__enter__()
+        self._enter()
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
-        try:
-            if exc[0] is None:
-                self._commit_maps()
-        except BaseException as e:
-            self._txn.__exit__(type(e), e, e.__traceback__)
-            raise
-        finally:
-            self._maps = {}
-        self._txn.__exit__(*exc)
-        return False
+    def _leave(self) -> None:
+        self._maps = {}
 
     @os_errors
-    def _commit_maps(self) -> None:
+    def _finish(self) -> None:
         store = self._npk._s
         for name, arr in self._maps.items():
             if isinstance(arr, np.memmap) and self._npk._durable:

@@ -23,9 +23,9 @@ pub const MAX_RATIO: u64 = 32768;
 pub fn check_index(index: &Compressed, rows: u64, row_bytes: usize, what: &str) -> Result<()> {
     let mut spans = Vec::with_capacity(index.blocks.len());
     for (k, b) in index.blocks.iter().enumerate() {
-        let r = index.rows_of(k, rows);
-        let raw = (r.end - r.start).saturating_mul(row_bytes as u64);
-        if raw.div_ceil(MAX_RATIO) > b.size {
+        if !holds(index, k, rows, row_bytes) {
+            let r = index.rows_of(k, rows);
+            let raw = (r.end - r.start).saturating_mul(row_bytes as u64);
             return Err(Error::Corrupt(format!(
                 "{what}: block {k} stores {} bytes for {raw} raw bytes",
                 b.size
@@ -40,6 +40,14 @@ pub fn check_index(index: &Compressed, rows: u64, row_bytes: usize, what: &str) 
         return Err(Error::Corrupt(format!("{what}: block records overlap")));
     }
     Ok(())
+}
+
+/// Whether block `k`'s stored bytes can hold its raw bytes (at most `MAX_RATIO` to one), so
+/// that what a read allocates stays bounded by the bytes on disk.
+pub fn holds(index: &Compressed, k: usize, rows: u64, row_bytes: usize) -> bool {
+    let r = index.rows_of(k, rows);
+    let raw = (r.end - r.start).saturating_mul(row_bytes as u64);
+    raw.div_ceil(MAX_RATIO) <= index.blocks[k].size
 }
 
 /// Checks that the zstd frames of blocks `ks` of an index declare exactly the size their

@@ -379,6 +379,7 @@ fn update(e: &mut Entry, u: &Update) -> std::result::Result<(), String> {
         }
         e.shape = shape;
     }
+    let row = e.row_bytes();
     match &mut e.compression {
         Compression::Zstd(c) => {
             let c = Arc::make_mut(c);
@@ -387,7 +388,6 @@ fn update(e: &mut Entry, u: &Update) -> std::result::Result<(), String> {
                 return Err("leaves the wrong number of blocks".into());
             }
             // What a read allocates stays bounded by the stored bytes (FORMAT.md 7).
-            let row = e.shape[1..].iter().product::<u64>() * itemsize(&e.dtype).unwrap() as u64;
             let last = c.blocks.len().saturating_sub(1) as u64;
             for k in u
                 .blocks
@@ -395,9 +395,7 @@ fn update(e: &mut Entry, u: &Update) -> std::result::Result<(), String> {
                 .map(|&(k, _)| k)
                 .chain((!c.blocks.is_empty()).then_some(last))
             {
-                let r = c.rows_of(k as usize, e.shape[0]);
-                let raw = (r.end - r.start).saturating_mul(row);
-                if raw.div_ceil(super::blocks::MAX_RATIO) > c.blocks[k as usize].size {
+                if !super::blocks::holds(c, k as usize, e.shape[0], row) {
                     return Err(format!("gives block {k} too few stored bytes"));
                 }
             }

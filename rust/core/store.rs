@@ -239,9 +239,7 @@ impl Store {
         if (st.dev(), st.ino()) != (seen.0, seen.1) || st.len() < end {
             return self.reload(); // folded since the stat, or rewritten
         }
-        let mut bytes = Vec::new();
-        (&f).seek(std::io::SeekFrom::Start(end))?;
-        (&f).read_to_end(&mut bytes)?;
+        let bytes = read_from(&f, end)?;
         let end = self.apply_log(&bytes, end)?;
         self.source = Some(Source::Log {
             stamp: stamp_of(&st),
@@ -256,9 +254,11 @@ impl Store {
         // again. A log that stays newer is damaged.
         for _ in 0..100 {
             let path = self.dir.join(METADATA);
-            let bytes = fs::read(&path).map_err(|e| self.missing(e))?;
+            // Bytes and stamp of one file: a stamp stat'ed apart could be a newer file's.
+            let file = File::open(&path).map_err(|e| self.missing(e))?;
+            let snapshot_stamp = stamp_of(&file.metadata()?);
+            let bytes = read_from(&file, 0)?;
             let meta = Metadata::decode(&bytes, &path.display().to_string())?;
-            let snapshot_stamp = stamp_of(&fs::metadata(&path).map_err(|e| self.missing(e))?);
             let log_path = self.dir.join(log::FILE);
             let opened = match File::open(&log_path) {
                 // A version 1 store has no log: one beside it is not its own.
@@ -267,7 +267,7 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e.into()),
             };
-            let Some(mut f) = opened else {
+            let Some(f) = opened else {
                 let source = Source::Snapshot {
                     stamp: snapshot_stamp,
                 };
@@ -275,8 +275,7 @@ impl Store {
                 return Ok(());
             };
             let stamp = stamp_of(&f.metadata()?);
-            let mut log_bytes = Vec::new();
-            f.read_to_end(&mut log_bytes)?;
+            let log_bytes = read_from(&f, 0)?;
             let generation = log::generation(&log_bytes).ok_or_else(|| {
                 Error::Corrupt(format!("{}: not a numpack log", log_path.display()))
             })?;
@@ -464,9 +463,7 @@ impl Store {
     fn recover_tail(&mut self, end: u64) -> Result<u64> {
         let path = self.dir.join(log::FILE);
         let f = OpenOptions::new().read(true).write(true).open(&path)?;
-        let mut bytes = Vec::new();
-        (&f).seek(std::io::SeekFrom::Start(end))?;
-        (&f).read_to_end(&mut bytes)?;
+        let bytes = read_from(&f, end)?;
         // Commit records here too, should the stamp have repeated (FORMAT.md 5): applied,
         // never cut. Only undo records after the last one belong to a call that failed.
         let base = end;
@@ -1242,6 +1239,15 @@ fn append_to(path: &Path, encoded: Vec<compress::Encoded>) -> Result<Vec<compres
     let mut file = OpenOptions::new().write(true).open(path)?;
     let at = file.seek(std::io::SeekFrom::End(0))?;
     blocks::write(&mut file, at, encoded)
+}
+
+/// The bytes of `file` from `offset` to its end.
+fn read_from(file: &File, offset: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut f = file;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Records of consecutive blocks from block `first` on.
