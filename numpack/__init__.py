@@ -10,6 +10,7 @@ from ._errors import (
     InvalidArgumentError,
     InvalidTypeError,
     NumPackError,
+    ReadOnlyStoreError,
     RowIndexError,
     ShapeMismatchError,
     StoreClosedError,
@@ -24,6 +25,7 @@ from ._npy8 import NPY8
 from ._npyt import NPYT
 from ._search import top_k
 from ._store import NumPack, StreamLoader
+from .io._package import get_package_info, pack, unpack
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,7 @@ __all__ = [
     "NPYT",
     "NumPack",
     "NumPackError",
+    "ReadOnlyStoreError",
     "RowIndexError",
     "ShapeMismatchError",
     "StoreClosedError",
@@ -51,9 +54,12 @@ __all__ = [
     "export_npy",
     "force_cleanup_windows_handles",
     "get_backend_info",
+    "get_package_info",
     "import_folder",
     "import_npy",
     "import_npz",
     "import_numpack07",
+    "pack",
     "top_k",
+    "unpack",
 ]

@@ -66,6 +66,11 @@ class StoreIOError(NumPackError, OSError):
     """An operating-system error while reading or writing the store (disk full, permissions)."""
 
 
+class ReadOnlyStoreError(StoreIOError):
+    """A call that writes, on a store that cannot be written: a package (spec/FORMAT.md 10),
+    which `numpack.io.unpack` turns into a store directory. Its errno is EROFS."""
+
+
 class DependencyError(NumPackError, ImportError):
     """An optional library a conversion needs is not installed (the message names the extra)."""
 

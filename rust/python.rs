@@ -23,6 +23,7 @@ import_exception!(numpack._errors, InvalidArgumentError);
 import_exception!(numpack._errors, CorruptStoreError);
 import_exception!(numpack._errors, StoreLockedError);
 import_exception!(numpack._errors, StoreClosedError);
+import_exception!(numpack._errors, ReadOnlyStoreError);
 
 fn to_py(e: Error) -> PyErr {
     match e {
@@ -33,6 +34,7 @@ fn to_py(e: Error) -> PyErr {
         Error::InvalidArgument(m) => InvalidArgumentError::new_err(m),
         Error::Corrupt(m) => CorruptStoreError::new_err(m),
         Error::Locked(m) => StoreLockedError::new_err(m),
+        Error::ReadOnly(m) => ReadOnlyStoreError::new_err((libc::EROFS, m)),
         Error::Io(e) => match e.raw_os_error() {
             // OSError(errno, strerror), so Python sees the errno (ENOSPC, EFBIG...) and picks
             // the subclass (FileNotFoundError...) as it does for its own calls.
@@ -290,6 +292,12 @@ impl Store {
 
     fn format_version(&self, py: Python<'_>) -> PyResult<u64> {
         self.with(py, |s| s.format_version())
+    }
+
+    /// The metadata as one snapshot, the log folded in (what a package holds).
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let bytes = self.with(py, |s| s.snapshot())?;
+        Ok(pyo3::types::PyBytes::new(py, &bytes))
     }
 
     fn view(&self, py: Python<'_>, name: &str) -> PyResult<View> {

@@ -326,8 +326,7 @@ def check_sizes(r, ks, rows: int, block_rows: int, row_bytes: int, what: str, ba
 def check_file(e: ArrayEntry, data_dir: str, path: str) -> None:
     """A raw array's data file must hold all its physical rows (it may hold more); a
     compressed array's, every block its index names."""
-    need = e.file_bytes
-    if not need:
+    if not e.file_bytes:
         return
     try:
         size = os.stat(os.path.join(data_dir, e.file)).st_size
@@ -335,8 +334,14 @@ def check_file(e: ArrayEntry, data_dir: str, path: str) -> None:
         raise CorruptStoreError(
             f"{path}: data file {e.file} of array {e.name!r} is missing"
         ) from None
+    check_size(e, size, f"{path}: data file {e.file}")
+
+
+def check_size(e: ArrayEntry, size: int, what: str) -> None:
+    """`check_file` for a data file of `size` bytes, which `what` names."""
+    need = e.file_bytes
     if size < need:
         raise CorruptStoreError(
-            f"{path}: data file {e.file} of array {e.name!r} holds {size} bytes; "
+            f"{what} of array {e.name!r} holds {size} bytes; "
             f"its {'block index' if e.compression is not None else 'shape'} needs {need}"
         )

@@ -4,6 +4,7 @@ spec/FORMAT.md: a snapshot (metadata.npkm) and a commit log (numpack.log) of wha
 from __future__ import annotations
 
 import contextlib
+import errno
 import dataclasses
 import functools
 import math
@@ -16,12 +17,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _package
 from .._dtypes import SUPPORTED
 from .._errors import (
     ArrayNotFoundError,
     CorruptStoreError,
     DTypeError,
     InvalidArgumentError,
+    ReadOnlyStoreError,
     RowIndexError,
     ShapeMismatchError,
     StoreClosedError,
@@ -268,8 +271,12 @@ class Store:
         self._timeout = lock_timeout
         # fsync data, undo and commit records, snapshots and the directory (FORMAT.md 6).
         self._durable = durable
+        # A package (FORMAT.md 10): the store in one file, read-only.
+        self._package: _package.Package | None = None
         if os.path.exists(path) and not os.path.isdir(path):
-            raise InvalidArgumentError(f"{path} is not a directory")
+            if not _package.is_package(path):
+                raise InvalidArgumentError(f"{path} is neither a directory nor a numpack package")
+            self._package = _package.Package(path)
         self._meta_path = os.path.join(path, METADATA)
         self._log_path = os.path.join(path, log.NAME)
         self._log_what = f"{path}: {log.NAME}"
@@ -282,6 +289,10 @@ class Store:
         self._lock: WriteLock | None = None  # opened by the first call that writes
         self._txn: _Txn | None = None
         try:
+            if self._package is not None:
+                pkg = self._package
+                meta = fmt.decode(pkg.read(METADATA), pkg.what(METADATA))
+                return self._install(meta, _Source("snapshot", _stamp_of(os.stat(path))), None)
             if not os.path.exists(self._meta_path):
                 os.makedirs(path, exist_ok=True)
                 self._begin()  # creates the store
@@ -324,8 +335,9 @@ class Store:
     def _refresh(self) -> fmt.Metadata:
         """The newest committed metadata: one stat when nothing changed, the new records when
         only the log grew, else the snapshot and the log read afresh."""
-        if self._txn is not None:
-            return self._meta  # the lock is ours: nothing else changes the store
+        if self._txn is not None or self._package is not None:
+            # The lock is ours, or a package, which never changes: nothing else changes it.
+            return self._meta
         while True:
             probe = self._probe()
             src = self._source
@@ -410,7 +422,11 @@ class Store:
         `names` (the rest were checked before), or of every array."""
         touched = meta.arrays if names is None else filter(None, map(meta.find, names))
         for e in touched:
-            fmt.check_file(e, self._path, self._path)
+            if self._package is None:
+                fmt.check_file(e, self._path, self._path)
+            elif e.file_bytes:
+                pkg = self._package
+                fmt.check_size(e, pkg.length(e.file, e.name), pkg.what(e.file))
         old = self._meta
         self._meta, self._source = meta, source
         if names is None:
@@ -466,6 +482,12 @@ class Store:
     def _begin(self) -> None:
         """Take the write lock (waiting up to the timeout), bring the store to a state a
         commit can follow, and open a transaction."""
+        if self._package is not None:
+            raise ReadOnlyStoreError(
+                errno.EROFS,
+                f"{self._path} is a package, which is read-only: numpack.io.unpack() makes a "
+                "store directory of it that can be changed",
+            )
         if self._txn is not None:
             raise InvalidArgumentError(f"{self._path}: a transaction is already open")
         if self._lock is None:
@@ -725,11 +747,14 @@ class Store:
         mapping = cached.mapping if cached is not None else None
         need = e.file_bytes
         if need and (mapping is None or len(mapping) < need):
-            fd = self._open(e, os.O_RDONLY)
-            try:
-                mapping = mmap.mmap(fd, need, access=mmap.ACCESS_READ)
-            finally:
-                os.close(fd)
+            if self._package is not None:
+                mapping = self._package.map(e.file, need)
+            else:
+                fd = self._open(e, os.O_RDONLY)
+                try:
+                    mapping = mmap.mmap(fd, need, access=mmap.ACCESS_READ)
+                finally:
+                    os.close(fd)
         if e.compression is None:
             view = View(e, mapping)
         else:
@@ -738,6 +763,11 @@ class Store:
         return view
 
     # -- reads ------------------------------------------------------------------------------
+
+    @_synchronized
+    def snapshot(self) -> bytes:
+        """The metadata as one snapshot, the log folded in (what a package holds)."""
+        return fmt.encode(self._refresh())
 
     @_synchronized
     def names(self) -> list:
@@ -1008,6 +1038,8 @@ class Store:
             finally:
                 if self._lock is not None:
                     self._lock.close()
+                if self._package is not None:
+                    self._package.close()
                 self._views = {}
 
 

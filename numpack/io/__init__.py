@@ -33,6 +33,7 @@ from ._common import DEFAULT_CHUNK_SIZE
 from ._dask import from_dask, to_dask
 from ._hdf5 import from_hdf5, to_hdf5
 from ._npy import from_npy, to_npy
+from ._package import get_package_info, pack, unpack
 from ._pandas import from_dataframe, to_dataframe
 from ._safetensors import (
     from_safetensors_file,
@@ -63,8 +64,10 @@ __all__ = [
     "from_tensor",
     "from_tensor_dict",
     "from_zarr",
+    "get_package_info",
     "get_safetensors_metadata",
     "iter_safetensors",
+    "pack",
     "to_dask",
     "to_dataframe",
     "to_feather",
@@ -80,4 +83,5 @@ __all__ = [
     "to_tensor",
     "to_tensor_dict",
     "to_zarr",
+    "unpack",
 ]

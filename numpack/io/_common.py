@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .. import _dtypes, _progress
+from .. import _dtypes, _package, _progress
 from .._convert import CHUNK_BYTES
 from .._errors import (
     ArrayNotFoundError,
@@ -129,7 +129,7 @@ def opened(store: Any, *, create: bool, backend: str | None = None) -> Iterator[
         yield store
         return
     path = fspath(store, "the store path")
-    if not create and not os.path.isdir(path):
+    if not create and not os.path.isdir(path) and not _package.is_package(path):
         raise StoreIOError(errno.ENOENT, "no NumPack store there", path)
     with os_errors(), NumPack(path, backend=backend) as npk:
         yield npk

@@ -12,6 +12,8 @@ pub enum Error {
     InvalidArgument(String),
     Corrupt(String),
     Locked(String),
+    /// A call that writes, on a store that cannot be written (a package).
+    ReadOnly(String),
     Io(io::Error),
 }
 
@@ -26,7 +28,8 @@ impl fmt::Display for Error {
             | Error::DType(m)
             | Error::InvalidArgument(m)
             | Error::Corrupt(m)
-            | Error::Locked(m) => f.write_str(m),
+            | Error::Locked(m)
+            | Error::ReadOnly(m) => f.write_str(m),
             Error::Io(e) => e.fmt(f),
         }
     }

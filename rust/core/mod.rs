@@ -10,6 +10,7 @@ pub mod journal;
 pub mod lock;
 pub mod log;
 pub mod naming;
+pub mod package;
 pub mod rows;
 pub mod store;
 

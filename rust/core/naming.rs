@@ -31,8 +31,10 @@ pub fn is_data_file(file: &str) -> bool {
     let Some((prefix, hex)) = stem.rsplit_once('-') else {
         return false;
     };
+    // The id in canonical decimal, as `data_file` writes it: no leading zeros.
     !id.is_empty()
         && id.bytes().all(|b| b.is_ascii_digit())
+        && (id == "0" || !id.starts_with('0'))
         && hex.len() == 16
         && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         && prefix.len() <= 32
@@ -59,6 +61,7 @@ mod tests {
             let f = data_file(name, 7);
             assert!(is_data_file(&f), "{f}");
             assert!(f.len() < 80);
+            assert!(!is_data_file(&f.replace(".7.", ".07.")));
             assert!(!f.contains('/') && !f.contains('\\') && !f.contains('\0'));
         }
     }

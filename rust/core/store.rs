@@ -23,6 +23,7 @@ use super::journal;
 use super::lock::WriteLock;
 use super::log::{self, Op, Record, Update};
 use super::naming;
+use super::package::{self, Package};
 use super::rows::RowMap;
 
 const METADATA: &str = "metadata.npkm";
@@ -102,6 +103,8 @@ struct Txn {
 
 pub struct Store {
     dir: PathBuf,
+    /// A package (FORMAT.md 10): the store in one file, read-only; `dir` is its path.
+    package: Option<Package>,
     /// Opened by the first call that writes: readers create nothing.
     lock_file: Option<File>,
     timeout: Duration,
@@ -126,14 +129,21 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path, timeout: Duration, durable: bool) -> Result<Self> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "{} is not a directory",
-                dir.display()
-            )));
-        }
+        let package = match fs::metadata(dir) {
+            Err(_) => None,
+            Ok(m) if m.is_dir() => None,
+            // Only regular files are opened: opening a FIFO would block forever.
+            Ok(m) if m.is_file() && package::is_package(dir) => Some(Package::open(dir)?),
+            Ok(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is neither a directory nor a numpack package",
+                    dir.display()
+                )))
+            }
+        };
         let mut store = Store {
             dir: dir.to_path_buf(),
+            package,
             lock_file: None,
             timeout,
             durable,
@@ -147,6 +157,12 @@ impl Store {
             fresh: HashMap::new(),
             txn: None,
         };
+        if let Some(p) = &store.package {
+            let meta = Metadata::decode(&p.metadata()?, &p.what(METADATA))?;
+            let stamp = stamp_of(&fs::metadata(dir)?);
+            store.install(meta, 0, Source::Snapshot { stamp });
+            return Ok(store);
+        }
         if !dir.join(METADATA).exists() && !dir.join(log::FILE).exists() {
             fs::create_dir_all(dir)?;
             store.write(|_| Ok(()))?; // creates it
@@ -187,8 +203,9 @@ impl Store {
     /// Brings the metadata up to date with what other processes (or objects) committed: one
     /// `stat` when nothing changed, the new records when the log grew (FORMAT.md 5).
     fn refresh(&mut self) -> Result<()> {
-        if self.txn.is_some() {
-            return Ok(()); // the lock is ours: nothing else changes the store
+        if self.txn.is_some() || self.package.is_some() {
+            // The lock is ours, or a package, which never changes: nothing else changes it.
+            return Ok(());
         }
         let log = match self.source {
             // A version 1 store: its snapshot is all there is.
@@ -390,6 +407,13 @@ impl Store {
     /// Starts a transaction: takes the write lock (waiting up to the timeout); the calls
     /// until `commit` make one commit record.
     pub fn begin(&mut self) -> Result<()> {
+        if self.package.is_some() {
+            return Err(Error::ReadOnly(format!(
+                "{} is a package, which is read-only: numpack.io.unpack() makes a store \
+                 directory of it that can be changed",
+                self.what()
+            )));
+        }
         if self.txn.is_some() {
             return Err(Error::InvalidArgument(format!(
                 "{}: a transaction is already open on this store",
@@ -746,6 +770,11 @@ impl Store {
         if let Some(m) = self.maps.get(&e.file).filter(|m| m.len() >= len) {
             return Ok(Some(m.clone()));
         }
+        if let Some(p) = &self.package {
+            let map = Arc::new(p.map(&e.file, len as u64, &e.name)?);
+            self.maps.insert(e.file.clone(), map.clone());
+            return Ok(Some(map));
+        }
         let path = self.dir.join(&e.file);
         // Not opened unless a regular file: opening a FIFO put there would block forever.
         if fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
@@ -829,6 +858,13 @@ impl Store {
         Ok(self.meta.arrays.clone())
     }
 
+    /// The metadata as one snapshot (FORMAT.md 2), the log's records folded in: what a
+    /// package holds (FORMAT.md 10).
+    pub fn snapshot(&mut self) -> Result<Vec<u8>> {
+        self.refresh()?;
+        Ok(self.meta.encode())
+    }
+
     /// The format version of the store as it is on disk: 1 until a write upgrades it.
     pub fn format_version(&mut self) -> Result<u64> {
         self.refresh()?;
@@ -846,7 +882,11 @@ impl Store {
         self.refresh()?;
         let e = self.entry(name)?.clone();
         let index = e.compressed()?;
-        let what = format!("{} (array {:?})", self.dir.join(&e.file).display(), e.name);
+        let file = match &self.package {
+            Some(p) => p.what(&e.file),
+            None => self.dir.join(&e.file).display().to_string(),
+        };
+        let what = format!("{file} (array {:?})", e.name);
         let map = self.mapping(&e)?;
         if let (Some(index), Some(map)) = (&index, &map) {
             self.check_frames(&e, index, map, &what)?;
