@@ -91,9 +91,7 @@ class Package:
     def map(self, name: str, length: int) -> mmap.mmap:
         """A read-only mapping of the first `length` (> 0) bytes of member `name`; offsets are
         multiples of 4096, which mmap takes where its granularity divides that (Linux, macOS)."""
-        return mmap.mmap(
-            self._fd, length, access=mmap.ACCESS_READ, offset=self.members[name][0]
-        )
+        return mmap.mmap(self._fd, length, access=mmap.ACCESS_READ, offset=self.members[name][0])
 
 
 def _directory(fd: int, path: str) -> dict[str, tuple[int, int, int]]:
@@ -122,9 +120,12 @@ def _directory(fd: int, path: str) -> dict[str, tuple[int, int, int]]:
         spans = []
         for entry in entries:
             name, offset, length, crc = entry
-            if not isinstance(name, str) or not all(
-                type(x) is int and 0 <= x < 2**64 for x in (offset, length)
-            ) or type(crc) is not int or not 0 <= crc < 2**32:
+            if (
+                not isinstance(name, str)
+                or not all(type(x) is int and 0 <= x < 2**64 for x in (offset, length))
+                or type(crc) is not int
+                or not 0 <= crc < 2**32
+            ):
                 raise ValueError(f"bad member {entry!r}")
             # Names become file names when unpacked: only those a store directory holds.
             if name != METADATA and not is_data_file(name):
@@ -186,8 +187,6 @@ def _copy(path: str, dst: int, at: int, advance: Callable[[int], object]) -> tup
             length += n
             advance(n)
     return length, crc
-
-
 
 
 def _pwrite_all(fd: int, data, at: int) -> None:

@@ -4,8 +4,8 @@ spec/FORMAT.md: a snapshot (metadata.npkm) and a commit log (numpack.log) of wha
 from __future__ import annotations
 
 import contextlib
-import errno
 import dataclasses
+import errno
 import functools
 import math
 import mmap
