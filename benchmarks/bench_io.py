@@ -10,12 +10,16 @@ without numpack.io: read the whole array with the library, then `NumPack.save` i
 `NumPack.load` it whole and hand it to the library (exports). Speed-up: naive time / numpack.io
 time (above 1: numpack.io is faster). Files stay in the page cache.
 
+Packages: a `--package-mb` store of 8 float32 arrays (128 columns) packed into one file, raw
+(`compression=False`) and compressed; reading it in place (`NumPack(package)`) against what a
+package that must be extracted costs: `unpack` to a directory, then the same read there.
+
 dask: a `--dask-gb` store (float32, 128 columns), raw and compressed, summed by a LocalCluster
 of 2 worker processes (1 thread each) through `numpack.io.to_dask`, against `np.load` of the
 same array from a .npy + `.sum()` in this process.
 
-    python benchmarks/bench_io.py                    # 256 MB conversions, 2 GB dask store
-    python benchmarks/bench_io.py --mb 64 --dask-gb 0.25 --repeat 1   # a quick look
+    python benchmarks/bench_io.py       # 256 MB conversions, a 256 MB package, 2 GB dask store
+    python benchmarks/bench_io.py --mb 64 --package-mb 64 --dask-gb 0.25 --repeat 1   # a look
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import fmt_time, machine, print_table  # noqa: E402
+from _common import fmt_time, machine, medians, print_table  # noqa: E402
 
 COLS = 32
 
@@ -272,12 +276,83 @@ def dask_reduction(gb: float, repeat: int) -> list[dict]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def packages(mb: float, repeat: int) -> list[dict]:
+    """Rows: reading a package in place against unpacking it first, for a raw and a compressed
+    package of the same store."""
+    import numpack
+    from numpack import NumPack
+
+    d = tempfile.mkdtemp(prefix="npk-bench-pkg-")
+    try:
+        rng = np.random.default_rng(0)
+        rows = max(1000, int(mb * 1e6) // (8 * 4 * 128))
+        store = os.path.join(d, "store")
+        with NumPack(store) as npk:
+            for i in range(8):
+                npk.save({f"emb{i}": rng.standard_normal((rows, 128), dtype=np.float32)})
+        picks = np.sort(rng.choice(rows, 1000, replace=False))
+        table = []
+        for compression in (False, True):
+            pkg = str(numpack.pack(store, os.path.join(d, "p.npkg"), compression, overwrite=True))
+            out = os.path.join(d, "unpacked")
+            ready = str(numpack.unpack(pkg, os.path.join(d, "ready")))
+
+            def gather(path: str) -> None:
+                with NumPack(path) as npk:
+                    for name in npk.get_member_list():
+                        npk.load(name, lazy=True)[picks]
+
+            def full(path: str) -> None:
+                with NumPack(path) as npk:
+                    npk.load("emb0").sum()
+
+            def unpacked(read):
+                def run() -> None:
+                    numpack.unpack(pkg, out)
+                    read(out)
+
+                return run
+
+            def clean() -> None:
+                shutil.rmtree(out, ignore_errors=True)
+
+            kind = "compressed" if compression else "raw"
+            size = f"{os.path.getsize(pkg) / 1e6:,.0f} MB {kind} package"
+            for what, read in (
+                ("open, gather 1,000 rows of each of 8 arrays", gather),
+                ("open, load one array whole and sum it", full),
+            ):
+                fns = {
+                    "in place": lambda r=read: r(pkg),
+                    "unpack": unpacked(read),
+                    "directory": lambda r=read: r(ready),
+                }
+                t = medians(fns, repeat, setup=clean)
+                table.append(
+                    {
+                        "package": size,
+                        "read": what,
+                        "unpack, then read": fmt_time(t["unpack"]),
+                        "read in place": fmt_time(t["in place"]),
+                        "speed-up": f"{t['unpack'] / t['in place']:.1f}x",
+                        "read of the unpacked directory": fmt_time(t["directory"]),
+                        "in place vs directory": f"{t['directory'] / t['in place']:.2f}x",
+                    }
+                )
+            clean()
+            shutil.rmtree(ready)
+        return table
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--mb", type=float, default=256, help="size of the converted array; 0: skip")
+    p.add_argument("--package-mb", type=float, default=256, help="size of the packaged store")
     p.add_argument("--dask-gb", type=float, default=2, help="size of the dask store; 0: skip")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
@@ -289,6 +364,9 @@ def main(argv=None) -> None:
             table,
             list(table[0]),
         )
+    if args.package_mb:
+        table = packages(args.package_mb, max(args.repeat, 5))
+        print_table("Packages: read in place vs unpacked first", table, list(table[0]))
     if args.dask_gb:
         table = dask_reduction(args.dask_gb, args.repeat)
         print_table("dask.distributed: 2 worker processes, 1 thread each", table, list(table[0]))

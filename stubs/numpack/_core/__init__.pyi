@@ -48,6 +48,10 @@ class Store:
         Ends the transaction, undoing everything it did.
         """
     def format_version(self) -> builtins.int: ...
+    def snapshot(self) -> bytes:
+        r"""
+        The metadata as one snapshot, the log folded in (what a package holds).
+        """
     def view(self, name: builtins.str) -> View: ...
 
 @typing.final
