@@ -12,7 +12,16 @@ from typing import Any, Literal, SupportsIndex, overload
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend, _compat07, _dtypes, _import07, _indexing, _progress, _repr
+from . import (
+    _backend,
+    _compat07,
+    _dtypes,
+    _import07,
+    _indexing,
+    _package07,
+    _progress,
+    _repr,
+)
 from ._backend import Entry
 from ._batch import BatchModeContext, WritableBatchMode
 from ._errors import (
@@ -144,6 +153,13 @@ class NumPack:
     def _open_store(self) -> None:
         try:
             self._store = self._module.Store(self._path, self._lock_timeout, self._durable)
+        except InvalidArgumentError as e:
+            if _package07.is_package07(self._path):
+                raise InvalidArgumentError(
+                    f"{self._path} is a package written by NumPack 0.7, which numpack does not "
+                    "open in place: numpack.unpack() converts it into a store directory"
+                ) from e
+            raise
         except CorruptStoreError as e:
             if _import07.is_store07(self._path):
                 raise CorruptStoreError(

@@ -282,3 +282,73 @@ def test_refused_before_anything_is_written(tmp_path, backend, case, error):
     with pytest.raises(error):
         import_numpack07(src, tmp_path / "fresh")
     assert not os.path.exists(tmp_path / "fresh")
+
+
+# -- packages written by 0.7's pack ----------------------------------------------------------
+
+PACKAGES = ("edits", "dtypes")  # edits zstd-compressed (0.7's default), dtypes stored as is
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_unpack_converts_a_0_7_package(tmp_path, backend, name):
+    """numpack.unpack takes 0.7's .npkg: a numpack store with what 0.7 loads from it."""
+    src = FIXTURES / f"{name}.npkg"
+    out = numpack.unpack(src, tmp_path / "sub" / "out")
+    assert out == tmp_path / "sub" / "out"
+    assert sorted(os.listdir(tmp_path / "sub")) == ["out"]  # no staging left beside it
+    with NumPack(out, backend=backend) as npk:
+        assert_holds(npk, expected(name))
+        first = sorted(expected(name))[-1]  # an array with rows in both stores
+        npk.append({first: npk.load(first)[:1]})  # an unpacked store can be changed
+        assert len(npk.load(first)) == len(expected(name)[first]) + 1
+
+
+def _damaged(tmp_path: Path, at: int | None = None, cut: int | None = None) -> Path:
+    data = bytearray((FIXTURES / "edits.npkg").read_bytes())
+    if at is not None:
+        data[at] ^= 0xFF
+    if cut is not None:
+        data = data[:cut]
+    path = tmp_path / "bad.npkg"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("cut", [4, 12, 40, -5, -1])
+def test_a_truncated_0_7_package_is_corrupt_and_leaves_nothing(tmp_path, cut):
+    src = _damaged(tmp_path, cut=cut)
+    with pytest.raises(CorruptStoreError, match="NumPack 0.7 package"):
+        numpack.unpack(src, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["bad.npkg"]
+
+
+def test_a_0_7_package_crc_is_checked_when_verify(tmp_path):
+    """The footer CRC covers each file's CRC: a flipped byte in it fails verify=True only."""
+    src = _damaged(tmp_path, at=-2)
+    with pytest.raises(CorruptStoreError, match="CRC"):
+        numpack.unpack(src, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["bad.npkg"]
+    with NumPack(numpack.unpack(src, tmp_path / "out", verify=False)) as npk:
+        assert_holds(npk, expected("edits"))
+
+
+def test_a_0_7_package_naming_a_file_outside_is_refused(tmp_path):
+    """A file name that would leave the target directory is damage, not a path to write."""
+    import struct
+
+    body = b"../evil"
+    pkg = b"NPKG" + struct.pack("<IBI", 2, 0, 1)
+    pkg += struct.pack("<I", len(body)) + body + struct.pack("<QQ", 1, 0) + b"x" + b"\0" * 4
+    src = tmp_path / "evil.npkg"
+    src.write_bytes(pkg)
+    with pytest.raises(CorruptStoreError, match="file name"):
+        numpack.unpack(src, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["evil.npkg"]
+
+
+def test_numpack_and_info_name_a_0_7_package(backend):
+    """Opened in place or asked about, a 0.7 package says how to convert it."""
+    with pytest.raises(InvalidArgumentError, match=r"NumPack 0.7.*numpack.unpack"):
+        NumPack(FIXTURES / "edits.npkg", backend=backend)
+    with pytest.raises(InvalidArgumentError, match=r"NumPack 0.7.*numpack.unpack"):
+        numpack.get_package_info(FIXTURES / "edits.npkg")

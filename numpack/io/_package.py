@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dtypes, _package, _progress
+from .. import _dtypes, _package, _package07, _progress
 from .._compat07 import chunk_rows
 from .._errors import InvalidArgumentError, InvalidTypeError, StoreIOError
+from .._import07 import import_numpack07
 from .._lazy import as_bytes
 from .._python.compress import default_block_rows
 from .._store import NumPack
@@ -68,6 +69,8 @@ def _target(target: Any, default: str, overwrite: Any) -> str:
     dst = os.path.abspath(default if target is None else fspath(target, "target"))
     if os.path.lexists(dst) and not overwrite:
         raise StoreIOError(errno.EEXIST, "target exists (overwrite=True replaces it)", dst)
+    with os_errors():
+        os.makedirs(os.path.dirname(dst), exist_ok=True)  # as NumPack() makes a store's
     return dst
 
 
@@ -120,7 +123,10 @@ def unpack(
     path without `.npkg`), that can be changed. Returns its path. With `verify=True` every
     member's CRC-32 is checked (CorruptStoreError on damage). The directory is written under a
     temporary name and renamed into place; an existing `target` is replaced only with
-    `overwrite=True`."""
+    `overwrite=True`.
+
+    A package written by NumPack 0.7 (its `pack`) is converted: its store is extracted beside
+    `target`, then converted by `numpack.import_numpack07` (its dropped rows left out)."""
     src = existing(source, "source")
     if not isinstance(verify, bool):
         raise InvalidTypeError(f"verify must be True or False, got {verify!r}")
@@ -128,6 +134,15 @@ def unpack(
     if target is None and default is None:
         raise InvalidArgumentError(f"{src} does not end in {SUFFIX}: pass the target directory")
     dst = _target(target, default or "", overwrite)
+    if _package07.is_package07(src):
+        with staged(dst, "target") as tmp:
+            work = tmp + ".07"
+            try:
+                _package07.extract(src, work, verify)
+                import_numpack07(work, tmp)
+            finally:
+                _remove(work)
+        return Path(dst)
     with os_errors():
         pkg = _open(src)
     try:
@@ -143,6 +158,11 @@ def unpack(
 
 
 def _open(path: str) -> _package.Package:
+    if _package07.is_package07(path):
+        raise InvalidArgumentError(
+            f"{path} is a package written by NumPack 0.7: numpack.unpack() converts it into a "
+            "store directory"
+        )
     if not _package.is_package(path):
         raise InvalidArgumentError(f"{path} is not a numpack package")
     return _package.Package(path)
