@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 
 use super::error::{Error, Result};
+#[cfg(target_arch = "x86_64")]
+use super::transpose::{unbitshuffle as sse2_unbitshuffle, unshuffle as sse2_unshuffle};
 
 pub const CODEC: &str = "zstd";
 /// Raw bytes a default block holds, about.
@@ -311,7 +313,11 @@ fn unshuffle(src: &[u8], unit: usize) -> Vec<u8> {
     }
     let n = src.len() / unit;
     let mut out = vec![0u8; src.len()];
-    for (i, u) in out.chunks_exact_mut(unit).enumerate() {
+    #[cfg(target_arch = "x86_64")]
+    let done = by_unit!(bytes unit, sse2_unshuffle, src, &mut out);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (i, u) in out.chunks_exact_mut(unit).enumerate().skip(done) {
         for (j, b) in u.iter_mut().enumerate() {
             *b = src[j * n + i];
         }
@@ -377,14 +383,19 @@ fn bitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
 fn unbitshuffle(src: &[u8], unit: usize, raw_len: usize) -> Vec<u8> {
     let plane = src.len() / (8 * unit);
     let mut out = vec![0u8; 8 * unit * plane];
-    by_unit!(bytes unit, unbitshuffle_units, src, &mut out, plane);
+    #[cfg(target_arch = "x86_64")]
+    let done = by_unit!(bytes unit, sse2_unbitshuffle, src, &mut out, plane);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    by_unit!(bytes unit, unbitshuffle_units, src, &mut out, plane, done);
     out.truncate(raw_len);
     out
 }
 
-fn unbitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
+/// Groups `from..` of `unbitshuffle`.
+fn unbitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize, from: usize) {
     let mut tile = [[0u8; TILE]; 64];
-    for g0 in (0..plane).step_by(TILE) {
+    for g0 in (from..plane).step_by(TILE) {
         let len = TILE.min(plane - g0);
         for (p, row) in tile.iter_mut().take(8 * U).enumerate() {
             row[..len].copy_from_slice(&src[p * plane + g0..p * plane + g0 + len]);
@@ -511,6 +522,35 @@ mod tests {
                     let want = (src[i * 2 + j] >> b) & 1;
                     assert_eq!((out[(8 * j + b) * plane + i / 8] >> (i % 8)) & 1, want);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn transposes_match_the_scalar_ones() {
+        // Lengths around the 16-unit and 128-unit steps of the SSE2 code, whose tails the
+        // scalar code does.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for unit in [1, 2, 4, 8] {
+            for n in [
+                0, 1, 7, 8, 15, 16, 17, 127, 128, 129, 255, 256, 1000, 1031, 4096,
+            ] {
+                let src: Vec<u8> = (0..n * unit)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let planes = bitshuffle(&src, unit);
+                let plane = planes.len() / (8 * unit);
+                let mut scalar = vec![0u8; planes.len()];
+                by_unit!(bytes unit, unbitshuffle_units, &planes, &mut scalar, plane, 0);
+                scalar.truncate(src.len());
+                assert_eq!(scalar, src, "unit {unit}, {n} units");
+                assert_eq!(unbitshuffle(&planes, unit, src.len()), src);
+                assert_eq!(unshuffle(&shuffle(&src, unit), unit), src);
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod naming;
 pub mod package;
 pub mod rows;
 pub mod store;
+mod transpose;
 
 #[cfg(test)]
 mod fuzz_tests;
