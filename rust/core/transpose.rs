@@ -36,18 +36,17 @@ pub fn unbitshuffle<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) ->
         // SAFETY: planes hold `plane` >= g0 + 16 bytes each and out the 128 units of groups
         // g0..g0 + 16 (both checked above); SSE2 is always there on x86_64.
         unsafe {
-            // t[j][k]: byte j of units 8 * g0 + 16k .. + 16.
-            let mut t = [[_mm_setzero_si128(); 8]; U];
-            for (j, tj) in t.iter_mut().enumerate() {
+            // t[k][j]: byte j of units 8 * g0 + 16k .. + 16.
+            let mut t = [[_mm_setzero_si128(); U]; 8];
+            for j in 0..U {
                 let x: [__m128i; 8] = std::array::from_fn(|b| load(src, (8 * j + b) * plane + g0));
-                for (k, c) in gather_groups(x).into_iter().enumerate() {
-                    tj[k] = transpose8x2(c);
+                for (tk, c) in t.iter_mut().zip(gather_groups(x)) {
+                    tk[j] = transpose8x2(c);
                 }
             }
             let dst = out.as_mut_ptr().add(g0 * 8 * U);
-            for k in 0..8 {
-                let v: [__m128i; U] = std::array::from_fn(|j| t[j][k]);
-                interleave::<U>(&v, dst.add(16 * k * U));
+            for (k, v) in t.iter().enumerate() {
+                interleave::<U>(v, dst.add(16 * k * U));
             }
         }
     }
