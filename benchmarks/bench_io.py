@@ -291,31 +291,32 @@ def packages(mb: float, repeat: int) -> list[dict]:
             for i in range(8):
                 npk.save({f"emb{i}": rng.standard_normal((rows, 128), dtype=np.float32)})
         picks = np.sort(rng.choice(rows, 1000, replace=False))
+
+        def gather(path: str) -> None:
+            with NumPack(path) as npk:
+                for name in npk.get_member_list():
+                    npk.load(name, lazy=True)[picks]
+
+        def full(path: str) -> None:
+            with NumPack(path) as npk:
+                npk.load("emb0").sum()
+
+        pkg, out, ready = (os.path.join(d, f) for f in ("p.npkg", "unpacked", "ready"))
+
+        def unpacked(read):
+            def run() -> None:
+                numpack.unpack(pkg, out)
+                read(out)
+
+            return run
+
+        def clean() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+
         table = []
         for compression in (False, True):
-            pkg = str(numpack.pack(store, os.path.join(d, "p.npkg"), compression, overwrite=True))
-            out = os.path.join(d, "unpacked")
-            ready = str(numpack.unpack(pkg, os.path.join(d, "ready")))
-
-            def gather(path: str) -> None:
-                with NumPack(path) as npk:
-                    for name in npk.get_member_list():
-                        npk.load(name, lazy=True)[picks]
-
-            def full(path: str) -> None:
-                with NumPack(path) as npk:
-                    npk.load("emb0").sum()
-
-            def unpacked(read):
-                def run() -> None:
-                    numpack.unpack(pkg, out)
-                    read(out)
-
-                return run
-
-            def clean() -> None:
-                shutil.rmtree(out, ignore_errors=True)
-
+            numpack.pack(store, pkg, compression, overwrite=True)
+            numpack.unpack(pkg, ready, overwrite=True)
             kind = "compressed" if compression else "raw"
             size = f"{os.path.getsize(pkg) / 1e6:,.0f} MB {kind} package"
             for what, read in (
@@ -340,7 +341,6 @@ def packages(mb: float, repeat: int) -> list[dict]:
                     }
                 )
             clean()
-            shutil.rmtree(ready)
         return table
     finally:
         shutil.rmtree(d, ignore_errors=True)

