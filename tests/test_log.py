@@ -495,7 +495,7 @@ def test_read_only_store_reads_and_refuses_writes(backend, read_only_mount):
 def test_path_errors_are_clear(backend, tmp_path):
     file = tmp_path / "f"
     file.write_text("x")
-    with pytest.raises(InvalidArgumentError, match="not a directory"):
+    with pytest.raises(InvalidArgumentError, match="neither a directory nor a numpack package"):
         NumPack(file, backend=backend)
     # A missing parent is created, as for a new store.
     with NumPack(tmp_path / "x" / "y" / "s", backend=backend) as npk:

@@ -6,7 +6,10 @@ use std::cell::RefCell;
 
 use super::error::{Error, Result};
 #[cfg(target_arch = "x86_64")]
-use super::transpose::{unbitshuffle as sse2_unbitshuffle, unshuffle as sse2_unshuffle};
+use super::transpose::{
+    bitshuffle as sse2_bitshuffle, shuffle as sse2_shuffle, unbitshuffle as sse2_unbitshuffle,
+    unshuffle as sse2_unshuffle,
+};
 
 pub const CODEC: &str = "zstd";
 /// Raw bytes a default block holds, about.
@@ -299,7 +302,11 @@ fn shuffle(src: &[u8], unit: usize) -> Vec<u8> {
     }
     let n = src.len() / unit;
     let mut out = vec![0u8; src.len()];
-    for (i, u) in src.chunks_exact(unit).enumerate() {
+    #[cfg(target_arch = "x86_64")]
+    let done = by_unit!(bytes unit, sse2_shuffle, src, &mut out);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (i, u) in src.chunks_exact(unit).enumerate().skip(done) {
         for (j, &b) in u.iter().enumerate() {
             out[j * n + i] = b;
         }
@@ -340,7 +347,11 @@ fn transpose8(mut x: u64) -> u64 {
 fn bitshuffle(src: &[u8], unit: usize) -> Vec<u8> {
     let plane = (src.len() / unit).div_ceil(8);
     let mut out = vec![0u8; 8 * unit * plane];
-    by_unit!(bytes unit, bitshuffle_units, src, &mut out, plane);
+    #[cfg(target_arch = "x86_64")]
+    let done = by_unit!(bytes unit, sse2_bitshuffle, src, &mut out, plane);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    by_unit!(bytes unit, bitshuffle_units, src, &mut out, plane, done);
     out
 }
 
@@ -348,10 +359,11 @@ fn bitshuffle(src: &[u8], unit: usize) -> Vec<u8> {
 /// is gathered in a small buffer and copied out a cache line per plane.
 const TILE: usize = 64;
 
-fn bitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) {
+/// Groups `from..` of `bitshuffle`.
+fn bitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize, from: usize) {
     let mut tile = [[0u8; TILE]; 64];
     let mut tail = [0u8; 64];
-    for g0 in (0..plane).step_by(TILE) {
+    for g0 in (from..plane).step_by(TILE) {
         let len = TILE.min(plane - g0);
         for (t, g) in (g0..g0 + len).enumerate() {
             let group = match src.get(g * 8 * U..(g + 1) * 8 * U) {
@@ -545,6 +557,20 @@ mod tests {
                     .collect();
                 let planes = bitshuffle(&src, unit);
                 let plane = planes.len() / (8 * unit);
+                let mut scalar = vec![0u8; planes.len()];
+                by_unit!(bytes unit, bitshuffle_units, &src, &mut scalar, plane, 0);
+                assert_eq!(planes, scalar, "unit {unit}, {n} units");
+                let n_units = src.len() / unit.max(1);
+                let mut bytes = vec![0u8; src.len()];
+                for (i, u) in src.chunks_exact(unit).enumerate() {
+                    for (j, &b) in u.iter().enumerate() {
+                        bytes[j * n_units + i] = b;
+                    }
+                }
+                assert_eq!(
+                    shuffle(&src, unit),
+                    if unit < 2 { src.clone() } else { bytes }
+                );
                 let mut scalar = vec![0u8; planes.len()];
                 by_unit!(bytes unit, unbitshuffle_units, &planes, &mut scalar, plane, 0);
                 scalar.truncate(src.len());

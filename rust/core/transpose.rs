@@ -1,8 +1,8 @@
-//! SSE2 versions of the byte and bit transposes that undo the shuffle and bitshuffle filters
-//! (FORMAT.md 7), 128 units at a time: loading a decoded block took most of its time in the
-//! scalar ones. SSE2 is part of every x86_64 CPU, so no detection is needed; elsewhere the
-//! scalar code in `compress` does it all. Each function returns how many units (bytes for
-//! byte shuffles) it did, leaving the rest to the scalar code.
+//! SSE2 versions of the byte and bit transposes of the shuffle and bitshuffle filters
+//! (FORMAT.md 7), 16 or 128 units at a time: encoding and decoding a block spent most of their
+//! time in the scalar ones. SSE2 is part of every x86_64 CPU, so no detection is needed;
+//! elsewhere the scalar code in `compress` does it all. Each function does a prefix of the
+//! units (or groups of eight units) and returns how many, leaving the rest to the scalar code.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -51,6 +51,99 @@ pub fn unbitshuffle<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) ->
         }
     }
     done
+}
+
+/// The byte shuffle of `U`-byte units: byte `j` of unit `i` goes to `out[j * n + i]` (n units).
+/// Does whole groups of 16 units; returns how many units it did.
+#[cfg(target_arch = "x86_64")]
+pub fn shuffle<const U: usize>(src: &[u8], out: &mut [u8]) -> usize {
+    let n = src.len() / U;
+    let done = n / 16 * 16;
+    assert!(out.len() >= n * U);
+    for i in (0..done).step_by(16) {
+        // SAFETY: units i..i + 16 lie in src, and plane j's bytes i..i + 16 in out (i + 16 <= n,
+        // checked above); SSE2 is always there on x86_64.
+        unsafe {
+            let w: [__m128i; U] = std::array::from_fn(|m| load(src, i * U + 16 * m));
+            for (j, v) in deinterleave::<U>(w).into_iter().enumerate() {
+                store(out, j * n + i, v);
+            }
+        }
+    }
+    done
+}
+
+/// The bitshuffle of `U`-byte units (`compress::bitshuffle` says the layout) into 8U planes of
+/// `plane` bytes. Does groups 0..16k of eight units whose units all lie in `src`; returns how
+/// many groups it did.
+#[cfg(target_arch = "x86_64")]
+pub fn bitshuffle<const U: usize>(src: &[u8], out: &mut [u8], plane: usize) -> usize {
+    let done = src.len() / U / 128 * 16;
+    assert!(out.len() >= 8 * U * plane && plane >= done);
+    for g0 in (0..done).step_by(16) {
+        // SAFETY: the 128 units of groups g0..g0 + 16 lie in src, and planes hold `plane` >=
+        // g0 + 16 bytes each (both checked above); SSE2 is always there on x86_64.
+        unsafe {
+            // t[j][k]: planes 8j..8j + 8 of groups g0 + 2k and g0 + 2k + 1, a u64 lane each.
+            let mut t = [[_mm_setzero_si128(); 8]; U];
+            for k in 0..8 {
+                let at = (8 * g0 + 16 * k) * U;
+                let w: [__m128i; U] = std::array::from_fn(|m| load(src, at + 16 * m));
+                for (tj, v) in t.iter_mut().zip(deinterleave::<U>(w)) {
+                    tj[k] = transpose8x2(v);
+                }
+            }
+            for (j, tj) in t.iter().enumerate() {
+                let x = stages(*tj, [2, 1, 0, 2]);
+                for b in 0..8 {
+                    // After the stages, plane b sits at index b0 b2 b1 (binary).
+                    let at = (b & 1) << 2 | (b >> 2 & 1) << 1 | (b >> 1 & 1);
+                    store(out, (8 * j + b) * plane + g0, x[at]);
+                }
+            }
+        }
+    }
+    done
+}
+
+/// 16 units of `U` bytes, `16U` bytes in `w` -> `U` vectors, byte j of every unit in the j-th.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn deinterleave<const U: usize>(w: [__m128i; U]) -> [__m128i; U] {
+    match U {
+        1 => w,
+        2 => stages(w, [0, 0, 0, 0]),
+        4 => stages(w, [1, 0, 1, 0]),
+        _ => {
+            let x = stages(w, [2, 1, 0, 2]);
+            std::array::from_fn(|j| x[(j & 1) << 2 | (j >> 2 & 1) << 1 | (j >> 1 & 1)])
+        }
+    }
+}
+
+/// Four rounds of byte unpacks. Seen as bits of (vector index, byte position), the round on
+/// index bit `s` pairs the vectors that differ in it: the byte position shifts up by one and
+/// takes bit s at the bottom, and bit s takes the position's top bit. So the four rounds carry
+/// the index bits named, in turn, to the bottom of the byte position.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn stages<const N: usize>(mut v: [__m128i; N], bits: [usize; 4]) -> [__m128i; N] {
+    for s in bits {
+        let prev = v;
+        for i in (0..N).filter(|i| i & (1 << s) == 0) {
+            let j = i | 1 << s;
+            v[i] = _mm_unpacklo_epi8(prev[i], prev[j]);
+            v[j] = _mm_unpackhi_epi8(prev[i], prev[j]);
+        }
+    }
+    v
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store(out: &mut [u8], at: usize, v: __m128i) {
+    debug_assert!(at + 16 <= out.len());
+    _mm_storeu_si128(out.as_mut_ptr().add(at) as *mut __m128i, v);
 }
 
 #[cfg(target_arch = "x86_64")]
