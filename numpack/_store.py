@@ -267,7 +267,7 @@ class NumPack:
         """Create or overwrite whole arrays, all in one atomic step.
 
         With `compress=True` each array is stored as independently zstd-compressed blocks of
-        `block_rows` rows (default: about 1 MiB of raw data a block) at `compression_level`
+        `block_rows` rows (default: about 64 KiB of raw data a block) at `compression_level`
         (default 3), which reads, gathers and writes still reach block by block.
 
         `progress=True` shows a tqdm bar (when tqdm is installed; otherwise nothing) of one

@@ -45,7 +45,7 @@ from numpack import (
     NumPackError,
 )
 
-MIB = 1 << 20
+DEFAULT_BLOCK_BYTES = 1 << 16  # FORMAT.md 7
 RECORD = struct.Struct("<QQIBBH")  # offset, size, crc32, codec, filter, zero
 FILTER_NAMES = {
     0: "none", 1: "shuffle", 2: "delta+shuffle", 3: "bitshuffle", 4: "delta+bitshuffle"
@@ -67,7 +67,7 @@ def _row_bytes(dtype, row_shape) -> int:
 
 
 def _default_block_rows(dtype, row_shape) -> int:
-    return max(1, MIB // _row_bytes(dtype, row_shape))
+    return max(1, DEFAULT_BLOCK_BYTES // _row_bytes(dtype, row_shape))
 
 
 def _smooth(dtype, shape, seed: int = 0) -> np.ndarray:
@@ -794,12 +794,49 @@ def test_timestamps_compress_well_with_delta(store):
     assert delta > comp["blocks"] // 2
     check_reads(store, "ts", ts)
     check_on_disk(store, "ts", ts)
-    # the default block size (one block of 100_000 rows) compresses too
+    # the default block size (13 blocks of 8,192 rows, one filter group) compresses too
     store.save({"ts": ts}, compress=True)
     comp = _comp(store, "ts")
-    assert comp["blocks"] == 1
-    assert comp["filters"].get("delta+shuffle", 0) + comp["filters"].get("delta+bitshuffle", 0) == 1
+    assert comp["blocks"] == 13
+    assert (
+        comp["filters"].get("delta+shuffle", 0) + comp["filters"].get("delta+bitshuffle", 0) == 13
+    )
     assert comp["stored_bytes"] * 4 < ts.nbytes
+
+
+def test_filter_groups_share_one_pick_alike_on_both_backends(tmp_path):
+    """Blocks of one filter group (FORMAT.md 7; here 4 blocks of 256 KiB) take the filter picked
+    on the first block a call encodes: a save picks per group, an append that starts inside a
+    group picks on its first block, a replace keeps each block's filter. Both backends pick
+    alike: their files and block records are the same bytes."""
+    for b in ("rust", "python"):
+        require_backend(b)
+    br = 1 << 15  # int64 rows: 256 KiB blocks, 4 to a group
+    ts = _timestamps(12 * br)
+    noise = np.random.default_rng(5).integers(0, 2**63, 12 * br)
+    # Group 0 steady timestamps; group 1 timestamps but noise in its first block; group 2 noise.
+    arr = np.concatenate([ts[: 4 * br], noise[:br], ts[5 * br : 8 * br], noise[8 * br :]])
+    files = {}
+    for b in ("rust", "python"):
+        path = tmp_path / b
+        with NumPack(path, backend=b) as npk:
+            npk.save({"a": arr[: 6 * br + 100]}, compress=True, block_rows=br)
+            first = [r[4] for r in _records(_entry(path, "a"))]
+            npk.append({"a": arr[6 * br + 100 :]})  # refills block 6, then blocks 7-11
+            npk.replace({"a": noise[:3]}, [0, 1, br * 5])
+            e = _entry(path, "a")
+            with open(path / e["file"], "rb") as f:
+                files[b] = (e["compression"], f.read())
+        codecs = [r[3] for r in _records(e)]
+        filters = [r[4] for r in _records(e)]
+        assert first[:4] == [first[0]] * 4 and first[0] in DELTAS  # group 0: delta, once
+        assert first[4:7] == [first[4]] * 3 and first[4] not in DELTAS  # picked on noise
+        # the append's first block (6) has timestamps: a delta, kept for block 7 (its group);
+        # group 2 (blocks 8-11) is noise, stored raw
+        assert filters[6] == filters[7] and filters[6] in DELTAS
+        assert codecs[8:] == [0] * 4
+        assert filters[:6] == first[:6]  # the replace kept blocks 0 and 5's filters
+    assert files["rust"] == files["python"]
 
 
 def test_incompressible_data_is_stored_raw(store):

@@ -13,9 +13,13 @@ from .._errors import CorruptStoreError
 
 CODEC = "zstd"
 DEFAULT_LEVEL = 3
-# Raw bytes a default block holds, about; and those of the sample each filter is tried on.
-DEFAULT_BLOCK_BYTES = 1 << 20
+# Raw bytes a default block holds, about (a read decodes whole blocks, so a gather of a few
+# rows costs a block each); those of the sample each filter is tried on; and those of the
+# blocks that share the filter picked on the first one's sample (trying every candidate on
+# each small block would cost more than compressing it).
+DEFAULT_BLOCK_BYTES = 1 << 16
 SAMPLE_BYTES = 1 << 15
+FILTER_GROUP_BYTES = 1 << 20
 
 # Raw bytes a zstd frame can decode to per stored byte, at most: every block of a frame
 # decodes to at most 128 KiB (RFC 8878, Block_Maximum_Size) and takes at least 4 bytes (an
@@ -72,6 +76,11 @@ def unit_of(dtype: str) -> int:
 
 def default_block_rows(row_bytes: int) -> int:
     return max(1, DEFAULT_BLOCK_BYTES // row_bytes) if row_bytes else DEFAULT_BLOCK_BYTES
+
+
+def filter_group(block_bytes: int) -> int:
+    """How many consecutive blocks of `block_bytes` bytes make one filter group."""
+    return max(1, FILTER_GROUP_BYTES // max(1, block_bytes))
 
 
 def block_count(rows: int, block_rows: int) -> int:
@@ -160,14 +169,19 @@ def choose_filter(raw: np.ndarray, rows: int, row_bytes: int, unit: int, level: 
 # -- blocks ---------------------------------------------------------------------------------
 
 
-def encode_block(raw, rows: int, row_bytes: int, unit: int, level: int) -> tuple:
-    """`(stored bytes, codec, filter, crc32)` of a block of `rows` rows; stored raw when
-    compression does not make it smaller."""
-    raw = np.frombuffer(raw, np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1)
+def as_bytes(raw) -> np.ndarray:
+    return np.frombuffer(raw, np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1)
+
+
+def encode_block(raw, rows: int, row_bytes: int, unit: int, level: int, f=None) -> tuple:
+    """`(stored bytes, codec, filter, crc32)` of a block of `rows` rows with filter `f` (None:
+    the one `choose_filter` picks); stored raw when compression does not make it smaller."""
+    raw = as_bytes(raw)
     crc = zlib.crc32(raw)
     if not raw.nbytes:
         return raw, STORED_RAW, NONE, crc
-    f = choose_filter(raw, rows, row_bytes, unit, level)
+    if f is None:
+        f = choose_filter(raw, rows, row_bytes, unit, level)
     stored = _compressor(level).compress(_apply(raw, rows, unit, f))
     if len(stored) >= raw.nbytes:
         return raw, STORED_RAW, NONE, crc
@@ -251,20 +265,40 @@ def check_frames(buf, blocks: np.ndarray, rows: int, block_rows: int, row_bytes:
         raise CorruptStoreError(f"block {k} of {what} is not a zstd frame declaring its size")
 
 
+def group_filters(blocks, row_bytes: int, unit: int, level: int, block_rows: int):
+    """`(k, raw, filter)` for each `(k, raw bytes of block k)` of `blocks` (k ascending): the
+    blocks of one filter group (FORMAT.md 7) take the filter picked on the first of them
+    given."""
+    per_group, f = filter_group(block_rows * row_bytes), None
+    for i, (k, raw) in enumerate(blocks):
+        raw = as_bytes(raw)
+        if raw.nbytes and (i == 0 or k % per_group == 0):
+            f = choose_filter(raw, raw.nbytes // row_bytes, row_bytes, unit, level)
+        yield k, raw, f
+
+
 def encode_rows(
-    data, rows: int, row_bytes: int, unit: int, level: int, block_rows: int, offset: int
+    data,
+    rows: int,
+    row_bytes: int,
+    unit: int,
+    level: int,
+    block_rows: int,
+    offset: int,
+    first: int = 0,
 ) -> tuple[list, np.ndarray]:
-    """`rows` rows of `data` encoded in blocks of `block_rows` rows: the blocks' stored bytes,
-    and their records placing them one after another from `offset`."""
-    data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+    """`rows` rows of `data` encoded in blocks of `block_rows` rows, the first being block
+    `first` of its array: the blocks' stored bytes, and their records placing them one after
+    another from `offset`."""
+    data = as_bytes(data)
     records = np.zeros(block_count(rows, block_rows), RECORD)
     chunks = []
-    for k in range(len(records)):
+    size = block_rows * row_bytes
+    raws = ((first + k, data[k * size : (k + 1) * size]) for k in range(len(records)))
+    for k, raw, f in group_filters(raws, row_bytes, unit, level, block_rows):
+        k -= first
         n = min(block_rows, rows - k * block_rows)
-        start = k * block_rows * row_bytes
-        stored, codec, f, crc = encode_block(
-            data[start : start + n * row_bytes], n, row_bytes, unit, level
-        )
+        stored, codec, f, crc = encode_block(raw, n, row_bytes, unit, level, f)
         records[k] = (offset, len(stored), crc, codec, f, 0)
         offset += len(stored)
         chunks.append(stored)

@@ -864,21 +864,26 @@ class Store:
 
         return self._write_blocks(e, e.shape[0] + n, blocks())
 
-    def _write_blocks(self, e: fmt.ArrayEntry, rows: int, blocks) -> np.ndarray:
-        """Encode each `(k, raw bytes of block k)` of `blocks` and append it to compressed
-        array `e`'s data file, which will hold `rows` physical rows; returns the new records
-        as an update's blocks (FORMAT.md 6)."""
+    def _write_blocks(self, e: fmt.ArrayEntry, rows: int, blocks, keep=None) -> np.ndarray:
+        """Encode each `(k, raw bytes of block k)` of `blocks` (k ascending) and append it to
+        compressed array `e`'s data file, which will hold `rows` physical rows; returns the
+        new records as an update's blocks (FORMAT.md 6). Each block takes the filter `keep(k)`
+        gives (None: a new pick), or without `keep`, that of its filter group."""
         c, r = e.compression, e.row_bytes
         br, level, unit = c["block_rows"], c["level"], compress.unit_of(e.dtype)
+        if keep is None:
+            blocks = compress.group_filters(blocks, r, unit, level, br)
+        else:
+            blocks = ((k, raw, keep(k)) for k, raw in blocks)
         ks, records = [], []
         fd = self._open(e, os.O_WRONLY)
         try:
             # Past the end of the file, not of the last block: bytes of an interrupted call
             # are dead, and a block a view may still read is never overwritten.
             offset = os.fstat(fd).st_size
-            for k, raw in blocks:
+            for k, raw, f in blocks:
                 n = min(br, rows - k * br)
-                stored, codec, f, crc = compress.encode_block(raw, n, r, unit, level)
+                stored, codec, f, crc = compress.encode_block(raw, n, r, unit, level, f)
                 files.write_all(fd, stored, offset)
                 ks.append(k)
                 records.append((offset, len(stored), crc, codec, f, 0))
@@ -954,7 +959,12 @@ class Store:
                 rows[physical[lo:hi] - k * br] = new[src[lo:hi]]
                 yield k, rows
 
-        return self._write_blocks(e, e.shape[0], touched())
+        def keep(k: int):
+            """A replaced block keeps its filter, unless it was stored raw (FORMAT.md 7)."""
+            old = e.compression["blocks"][k]
+            return int(old["filter"]) if old["codec"] == compress.ZSTD else None
+
+        return self._write_blocks(e, e.shape[0], touched(), keep)
 
     def _write_rows(self, e: fmt.ArrayEntry, physical, src, data: np.ndarray) -> None:
         """Write row `src[k]` of `data` over physical row `physical[k]`, a run at a time."""
@@ -1062,14 +1072,18 @@ def _live_blocks(view: BlockView, level: int, block_rows: int, records: list):
     their stored bytes, whole blocks of about _COPY_BYTES at a time, and appends their records
     (placed one after another from offset 0) to `records`."""
     r, n, offset = view.row_bytes, view.shape[0], 0
-    step = block_rows * max(1, _COPY_BYTES // max(1, r * block_rows))
+    # Whole filter groups at a time, so the chunks do not change which filter a block gets.
+    group = compress.filter_group(r * block_rows)
+    step = block_rows * group * max(1, _COPY_BYTES // max(1, r * block_rows * group))
     unit = compress.unit_of(view.dtype)
     records.append(np.zeros(0, compress.RECORD))
     for start in range(0, n, step):
         stop = min(n, start + step)
         buf = np.empty((stop - start) * r, np.uint8)
         view.read(start, stop, buf)
-        chunks, recs = compress.encode_rows(buf, stop - start, r, unit, level, block_rows, offset)
+        chunks, recs = compress.encode_rows(
+            buf, stop - start, r, unit, level, block_rows, offset, start // block_rows
+        )
         records.append(recs)
         offset += sum(len(c) for c in chunks)
         yield from chunks

@@ -79,13 +79,16 @@ pub fn check_frames(
     Ok(())
 }
 
-/// Encodes `rows` rows held in `raw` into blocks of `block_rows` rows, in parallel.
+/// Encodes `rows` rows held in `raw` into blocks of `block_rows` rows, in parallel; the first
+/// is block `first` of its array. Blocks of one filter group (FORMAT.md 7) take the filter
+/// picked on the first of them this call encodes.
 pub fn encode_rows(
     raw: &[u8],
     rows: u64,
     layout: Layout,
     level: i32,
     block_rows: u64,
+    first: usize,
 ) -> Result<Vec<Encoded>> {
     if layout.row_bytes == 0 {
         // Rows of zero bytes still fill blocks, each of them empty.
@@ -96,8 +99,25 @@ pub fn encode_rows(
     }
     // block_rows comes from metadata or the caller and may be huge: a product that does not
     // fit means one block of every row (a wrapped one could be 0, which par_chunks rejects).
-    raw.par_chunks((block_rows as usize).saturating_mul(layout.row_bytes))
-        .map(|block| compress::encode(block, layout, level))
+    let block_bytes = (block_rows as usize).saturating_mul(layout.row_bytes);
+    let per_group = compress::filter_group(block_bytes);
+    let blocks: Vec<&[u8]> = raw.chunks(block_bytes).collect();
+    let mut group = Vec::with_capacity(blocks.len()); // per block: its group's first here
+    for i in 0..blocks.len() {
+        let starts = i == 0 || (first + i).is_multiple_of(per_group);
+        group.push(if starts { i } else { group[i - 1] });
+    }
+    let filters: Vec<Option<u8>> = (0..blocks.len())
+        .into_par_iter()
+        .map(|i| match group[i] == i {
+            true => compress::pick_filter(blocks[i], layout, level).map(Some),
+            false => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    blocks
+        .par_iter()
+        .zip(&group)
+        .map(|(block, &g)| compress::encode_as(block, layout, level, filters[g]))
         .collect()
 }
 

@@ -12,10 +12,14 @@ use super::transpose::{
 };
 
 pub const CODEC: &str = "zstd";
-/// Raw bytes a default block holds, about.
-pub const DEFAULT_BLOCK_BYTES: usize = 1 << 20;
+/// Raw bytes a default block holds, about: a read decodes whole blocks, so a gather of a few
+/// rows costs a block each.
+pub const DEFAULT_BLOCK_BYTES: usize = 1 << 16;
 /// Raw bytes of the sample each candidate filter is tried on.
 const SAMPLE_BYTES: usize = 1 << 15;
+/// Raw bytes of the blocks that share one filter, picked on the first one's sample: trying
+/// every candidate on each small block would cost more than compressing it.
+const FILTER_GROUP_BYTES: usize = 1 << 20;
 const RECORD: usize = 24;
 
 pub const STORED_RAW: u8 = 0;
@@ -141,8 +145,14 @@ pub fn encode_as(raw: &[u8], layout: Layout, level: i32, filter: Option<u8>) -> 
     })
 }
 
+/// How many consecutive blocks of `block_bytes` bytes one encoding call gives the filter
+/// picked for the first of them.
+pub fn filter_group(block_bytes: usize) -> usize {
+    (FILTER_GROUP_BYTES / block_bytes.max(1)).max(1)
+}
+
 /// The filter that compresses the block's first rows (about `SAMPLE_BYTES`) best.
-fn pick_filter(raw: &[u8], layout: Layout, level: i32) -> Result<u8> {
+pub fn pick_filter(raw: &[u8], layout: Layout, level: i32) -> Result<u8> {
     let rows = raw.len().checked_div(layout.row_bytes).unwrap_or(0);
     let sample_rows = rows.min((SAMPLE_BYTES / layout.row_bytes.max(1)).max(1));
     let sample = &raw[..sample_rows * layout.row_bytes];

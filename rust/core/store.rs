@@ -755,7 +755,7 @@ impl Store {
         };
         let layout = entry.layout();
         let block_rows = block_rows.unwrap_or_else(|| layout.default_block_rows());
-        let encoded = blocks::encode_rows(data, entry.shape[0], layout, level, block_rows)?;
+        let encoded = blocks::encode_rows(data, entry.shape[0], layout, level, block_rows, 0)?;
         let records = files::create_with(&path, |f| blocks::write(f, 0, encoded))?;
         entry.set_compressed(Compressed::new(level, block_rows, records));
         Ok(())
@@ -1365,8 +1365,14 @@ impl View {
         }
         raw.extend_from_slice(item.data);
         let tail_rows = rows - full as u64 * index.block_rows;
-        let encoded =
-            blocks::encode_rows(&raw, tail_rows, self.layout, index.level, index.block_rows)?;
+        let encoded = blocks::encode_rows(
+            &raw,
+            tail_rows,
+            self.layout,
+            index.level,
+            index.block_rows,
+            full,
+        )?;
         let records = append_to(path, encoded)?;
         Ok(numbered(full, records))
     }
@@ -1412,8 +1418,11 @@ impl View {
 
     /// Writes this array's live rows as fresh blocks into `file`, a chunk of blocks at a time.
     fn recompress(&self, file: &mut File, index: &Compressed) -> Result<Vec<compress::Record>> {
-        // Saturating: a huge block_rows must not wrap to 0 (no progress: a hang).
-        let chunk_rows = index.block_rows.saturating_mul(64);
+        // Whole filter groups (so chunks do not change which filter a block gets), 64 of them;
+        // saturating: a huge block_rows must not wrap to 0 (no progress: a hang).
+        let block_bytes = (index.block_rows as usize).saturating_mul(self.row);
+        let groups = 64 * compress::filter_group(block_bytes) as u64;
+        let chunk_rows = index.block_rows.saturating_mul(groups);
         let mut records = Vec::new();
         let mut start = 0;
         while start < self.shape[0] {
@@ -1429,12 +1438,14 @@ impl View {
             })?;
             raw.resize(len, 0);
             self.read(start, stop, &mut raw)?;
+            let first = (start / index.block_rows) as usize;
             let encoded = blocks::encode_rows(
                 &raw,
                 stop - start,
                 self.layout,
                 index.level,
                 index.block_rows,
+                first,
             )?;
             let at = records.last().map_or(0, compress::Record::end);
             records.extend(blocks::write(file, at, encoded)?);
