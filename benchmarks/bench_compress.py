@@ -1,4 +1,4 @@
-"""Compressed arrays (`save(compress=True)`) against npz and against plain zstd.
+"""Compressed arrays (`save(compress=True)`) against npz, plain zstd, blosc2 and zarr.
 
 Per dataset, timed in the same run on the same array, medians of interleaved rounds:
 
@@ -8,21 +8,42 @@ Per dataset, timed in the same run on the same array, medians of interleaved rou
   the whole buffer as one frame written to one file; a load reads the file and decompresses it
   (the result is a read-only view over the decompressed bytes, not copied); a gather has to
   decompress everything, then index;
+- blosc2 (python-blosc2), an NDArray file each: `blosc2.asarray(arr, urlpath, mode="w",
+  cparams)` to save, `[:]` to load and `[rows]` (its own fancy indexing, which decodes only the
+  blocks the rows fall in) to gather, 2 threads to compress and decompress (the machine may
+  have more cores), chunk and block shapes left to blosc2. Three configurations: blosc2's
+  default (`blosc2.CParams()`, named in the table by what it is: zstd level 5 + byte shuffle
+  in blosc2 4.x), and zstd at numpack's level with byte shuffle, then with bitshuffle;
+- zarr v3: `zarr.create_array(path, data=arr, compressors=ZstdCodec(level), overwrite=True)`
+  into a local directory, zstd at numpack's level and no filter, chunks of whole rows of about
+  1 MiB (at least one row); `[:]` to load and `oindex[rows]` to gather;
 - numpack, each backend: `save({name: arr}, compress=True)` into a store already open, `load`,
   and `getitem` of the rows (which decompresses only the blocks they fall in). The store is
   reopened, untimed, before each load and gather, so that no call finds a block an earlier
   call decoded (the python backend keeps a view's last block, which made whole loads of
-  one-block arrays look ten times faster than any decoding).
+  one-block arrays look ten times faster than any decoding). The blosc2 and zarr arrays are
+  opened again, untimed, at the same points (`blosc2.open`, `zarr.open_array`), so their
+  loads and gathers time the same work as numpack's: reading and decoding, not opening.
 
-Ratio = raw bytes / stored bytes (npz and zstd: the file's size; numpack: the compressed blocks'
-bytes from `get_metadata()`, the block index excluded). MB/s = raw MB / median time.
-"vs npz" = numpack or zstd over npz: ratio of ratios, and speed-ups npz time / other time (above
-1: better than npz). Filters are the ones numpack chose, as block counts. No call fsyncs; files
-stay in the page cache (the machine has the memory).
+The gather takes the same 100 random rows from every method in a round, sorted (repeats
+allowed), new rows each round. Ratio = raw bytes / stored bytes (npz, zstd and blosc2: the
+file's size; zarr: the bytes of every file in its directory, metadata included; numpack: the
+compressed blocks' bytes from `get_metadata()`, the block index excluded). MB/s = raw MB /
+median time. "vs npz" = any method over npz: ratio of ratios, and speed-ups npz time / other
+time (above 1: better than npz). Filters are the ones numpack chose, as block counts. No call
+fsyncs; files stay in the page cache (the machine has the memory).
 
 Two more tables: the incompressible embeddings saved compressed against the same backend's
 uncompressed save, and a gather of 100 random rows from a compressed 1,000,000-row array
-against the same backend's uncompressed array. A last table checks issue 4's targets.
+against the same backend's uncompressed array. Then, from the per-dataset tables: issue 4's
+targets (against npz); issue 11's targets (numpack against blosc2, with zarr alongside: ratio at
+least the best of npz and the blosc2 configurations, full load at least as fast as blosc2
+zstd + bitshuffle, gather at least as fast as the fastest blosc2 configuration, save at least
+as fast as blosc2 zstd + bitshuffle); and an overview, one row a dataset and one cell a method:
+ratio / load MB/s / gather time.
+
+blosc2 and zarr are optional (the bench extra installs them): without one, its rows and
+columns are skipped with a note.
 
 The synthetic datasets have `--elements` elements each (4,000,000 by default, fixed seed). The
 real ones ship inside scikit-learn (and its photos need pillow) and are used at their own size,
@@ -54,8 +75,19 @@ try:
     import zstandard
 except ImportError:  # pragma: no cover - the bench extra installs it
     zstandard = None
+try:
+    import blosc2
+except ImportError:  # pragma: no cover - the bench extra installs it
+    blosc2 = None
+try:
+    import zarr
+    import zarr.codecs
+except ImportError:  # pragma: no cover - the bench extra installs it (python 3.11 and later)
+    zarr = None
 
 K_GATHER = 100
+BLOSC2_THREADS = 2
+ZARR_CHUNK_BYTES = 1 << 20
 
 
 # -- datasets: name -> (description, builder(n, rng) -> array or None with a note) -------------
@@ -185,8 +217,60 @@ def mbs(nbytes: int, t: float) -> str:
     return f"{nbytes / 1e6 / t:,.0f}"
 
 
-def shape_str(a: np.ndarray) -> str:
-    return "(" + ", ".join(f"{d:,}" for d in a.shape) + ")"
+def shape_str(a) -> str:
+    """A shape, or an array's shape, as "(1,000, 4)"."""
+    shape = a.shape if hasattr(a, "shape") else a
+    return "(" + ", ".join(f"{d:,}" for d in shape) + ")"
+
+
+def disk_bytes(path: str) -> int:
+    """A file's size, or the sum of the sizes of every file under a directory."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+# -- blosc2 and zarr ---------------------------------------------------------------------------
+
+
+def blosc2_name(cparams) -> str:
+    """What a blosc2 configuration is, as "zstd-5 + shuffle"."""
+    filters = [f.name.lower() for f in cparams.filters if f != blosc2.Filter.NOFILTER]
+    return " + ".join([f"{cparams.codec.name.lower()}-{cparams.clevel}", *filters])
+
+
+def blosc2_configs(level: int) -> dict:
+    """Method name -> cparams: blosc2's default, and zstd at `level` with byte shuffle, then
+    with bitshuffle; all with `BLOSC2_THREADS` threads. Empty without blosc2."""
+    if blosc2 is None:
+        return {}
+    default = blosc2.CParams(nthreads=BLOSC2_THREADS)
+    zstd = {"codec": blosc2.Codec.ZSTD, "clevel": level, "nthreads": BLOSC2_THREADS}
+    configs = [
+        blosc2.CParams(filters=[blosc2.Filter.SHUFFLE], **zstd),
+        blosc2.CParams(filters=[blosc2.Filter.BITSHUFFLE], **zstd),
+    ]
+    return {
+        f"blosc2 default ({blosc2_name(default)})": default,
+        **{f"blosc2 {blosc2_name(c)}": c for c in configs},
+    }
+
+
+def blosc2_bitshuffle(level: int) -> str:
+    """The name of the blosc2 configuration issue 11's load and save targets compare with."""
+    return f"blosc2 zstd-{level} + bitshuffle"
+
+
+def zarr_method(level: int) -> list[str]:
+    """[the zarr method's name], or [] without zarr."""
+    return [] if zarr is None else [f"zarr zstd-{level}"]
+
+
+def zarr_chunks(arr: np.ndarray) -> tuple:
+    """Chunks of whole rows, about `ZARR_CHUNK_BYTES` each (at least one row)."""
+    row_bytes = arr.nbytes // arr.shape[0]
+    rows = max(1, min(arr.shape[0], ZARR_CHUNK_BYTES // row_bytes))
+    return (rows, *arr.shape[1:])
 
 
 # -- the per-dataset table ---------------------------------------------------------------------
@@ -222,7 +306,8 @@ class Stores:
 
 
 def dataset_table(name: str, arr: np.ndarray, backends, level, repeat, tmp) -> tuple[list, dict]:
-    """Rows for npz, plain zstd and each backend on one array; also the raw numbers."""
+    """Rows for npz, plain zstd, blosc2, zarr and each backend on one array; also the raw
+    numbers, by method name (a backend's name for numpack)."""
     raw = arr.nbytes
     rows = arr.shape[0]
     rng = np.random.default_rng(1)
@@ -245,21 +330,57 @@ def dataset_table(name: str, arr: np.ndarray, backends, level, repeat, tmp) -> t
         with np.load(npz) as f:
             return f["a"]
 
+    files = {"npz": npz, "zstd": zpath}  # method -> the file or directory its bytes are in
     saves = {"npz": lambda: np.savez_compressed(npz, a=arr), "zstd": zstd_save}
     loads = {"npz": npz_load, "zstd": zstd_load}
     cur = {}
     gathers = {"npz": lambda: npz_load()[cur["i"]], "zstd": lambda: zstd_load()[cur["i"]]}
+    includes = dict(INCLUDES)
+    # blosc2 and zarr: method -> fn() opening the saved array, and the array it opened, which
+    # loads and gathers read; opened again before each, as numpack's stores are.
+    openers, opened = {}, {}
+    for k, cparams in blosc2_configs(level).items():
+        files[k] = os.path.join(tmp, f"{len(files)}.b2nd")
+        saves[k] = lambda p=files[k], c=cparams: blosc2.asarray(arr, urlpath=p, mode="w", cparams=c)
+        openers[k] = lambda p=files[k]: blosc2.open(
+            p, dparams=blosc2.DParams(nthreads=BLOSC2_THREADS)
+        )
+        loads[k] = lambda k=k: opened[k][:]
+        gathers[k] = lambda k=k: opened[k][cur["i"]]
+    for k in zarr_method(level):
+        files[k] = os.path.join(tmp, "a.zarr")
+        chunks = zarr_chunks(arr)
+        saves[k] = lambda p=files[k], c=chunks: zarr.create_array(
+            p,
+            data=arr,
+            chunks=c,
+            compressors=zarr.codecs.ZstdCodec(level=level),
+            overwrite=True,
+        )
+        openers[k] = lambda p=files[k]: zarr.open_array(p, mode="r")
+        loads[k] = lambda k=k: opened[k][:]
+        gathers[k] = lambda k=k: opened[k].oindex[cur["i"]]
+        includes[k] = (
+            f"zarr {zarr.__version__} v3 local directory, no filter, chunks "
+            f"{shape_str(chunks)} (~1 MiB of whole rows): create_array(data=, overwrite=True) / "
+            "open_array (untimed) then [:] / oindex[rows]"
+        )
     for b in backends:
         saves[b] = lambda b=b: stores[b].save({"a": arr}, compress=True, compression_level=level)
         loads[b] = lambda b=b: stores[b].load("a")
         gathers[b] = lambda b=b: stores[b].getitem("a", cur["i"])
 
-    def draw():
+    def reopen():
         stores.reopen()
-        cur["i"] = rng.integers(0, rows, size=min(K_GATHER, rows))
+        for k, fn in openers.items():
+            opened[k] = fn()
+
+    def draw():
+        reopen()
+        cur["i"] = np.sort(rng.integers(0, rows, size=min(K_GATHER, rows)))
 
     t_save = medians(saves, repeat)
-    t_load = medians(loads, repeat, stores.reopen)
+    t_load = medians(loads, repeat, reopen)
     t_gather = medians(gathers, repeat, draw)
 
     # Untimed checks: every method gives the array back, and the same gathered rows.
@@ -270,7 +391,15 @@ def dataset_table(name: str, arr: np.ndarray, backends, level, repeat, tmp) -> t
         if not np.array_equal(gathers[k](), arr[cur["i"]]):
             raise AssertionError(f"{name}: {k} gather returned other rows")
 
-    stored = {"npz": os.path.getsize(npz), "zstd": os.path.getsize(zpath)}
+    for k in blosc2_configs(level):
+        a = opened[k]
+        includes[k] = (
+            f"blosc2 {blosc2.__version__} NDArray file, {BLOSC2_THREADS} threads, chunks "
+            f"{shape_str(a.chunks)} blocks {shape_str(a.blocks)} (blosc2's choice): "
+            "asarray(urlpath=, mode='w') / open (untimed) then [:] / [rows]"
+        )
+    opened.clear()
+    stored = {k: disk_bytes(path) for k, path in files.items()}
     comps = {}
     for b in backends:
         comp = stores[b].get_metadata()["arrays"]["a"]["compression"]
@@ -281,7 +410,7 @@ def dataset_table(name: str, arr: np.ndarray, backends, level, repeat, tmp) -> t
     stores.close()
 
     table = []
-    for k in ["npz", "zstd", *backends]:
+    for k in [*files, *backends]:
         is_npk = k in backends
         row = {
             "method": f"numpack {k}" if is_npk else k,
@@ -290,7 +419,7 @@ def dataset_table(name: str, arr: np.ndarray, backends, level, repeat, tmp) -> t
             "load MB/s": mbs(raw, t_load[k]),
             f"gather {K_GATHER} rows": fmt_time(t_gather[k]),
             "filters (blocks)": describe_filters(comps[k]) if is_npk else "",
-            "includes": INCLUDES["numpack" if is_npk else k],
+            "includes": includes["numpack" if is_npk else k],
         }
         if k != "npz":
             row["ratio vs npz"] = x(stored["npz"], stored[k])
@@ -299,6 +428,7 @@ def dataset_table(name: str, arr: np.ndarray, backends, level, repeat, tmp) -> t
             row["gather vs npz"] = x(t_gather["npz"], t_gather[k])
         table.append(row)
     numbers = {"stored": stored, "save": t_save, "load": t_load, "gather": t_gather, "rows": rows}
+    numbers["raw"] = raw
     return table, numbers
 
 
@@ -379,11 +509,14 @@ def main(argv=None) -> None:
     if zstandard is None:
         sys.exit("bench_compress needs the zstandard package (pip install zstandard)")
     backends = ready_backends(args.backends or available_backends(), args.backends is not None)
+    versions = [f"{m.__name__} {m.__version__}" for m in (np, zstandard, blosc2, zarr) if m]
     print(
-        f"numpack compression benchmark: {machine()}; numpy {np.__version__}; "
-        f"zstandard {zstandard.__version__}; backends {backends}; level {args.level}; "
-        f"{repeat} rounds a timing"
+        f"numpack compression benchmark: {machine()}; {'; '.join(versions)}; "
+        f"backends {backends}; level {args.level}; {repeat} rounds a timing"
     )
+    for name, m, hint in (("blosc2", blosc2, ""), ("zarr", zarr, ", python 3.11+")):
+        if m is None:
+            print(f"note: {name} not installed (pip install {name}{hint}): its rows skipped")
     results = {}
     for name in args.datasets:
         arr = build(name, n)
@@ -484,6 +617,76 @@ def main(argv=None) -> None:
     if args.level != 3:
         title += f": this run used level {args.level}"
     print_table(title, rows, cols)
+
+    if blosc2 is None:
+        print(
+            "\nnote: issue 11's targets are against blosc2, which is not installed: table skipped"
+        )
+    else:
+        rows, cols = issue11_table(results, backends, args.level)
+        title = (
+            f"numpack {', '.join(backends)} vs blosc2 and zarr: issue 11's targets per dataset "
+            "(they apply to rust at level 3"
+        )
+        title += ")" if args.level == 3 else f"; this run used level {args.level})"
+        print_table(title, rows, cols)
+    rows, cols = overview_table(results, backends, args.level)
+    print_table(
+        f"Overview: ratio / load MB/s / gather of {K_GATHER} sorted random rows, per dataset and "
+        "method (from the tables above)",
+        rows,
+        cols,
+    )
+
+
+def issue11_table(results: dict, backends: list[str], level: int) -> tuple[list, list]:
+    """Each backend against blosc2 (issue 11's targets) and zarr, per dataset: ratios of
+    ratios and speed-ups (other time / numpack time), above 1 when numpack does better."""
+    b2 = list(blosc2_configs(level))
+    bs = blosc2_bitshuffle(level)
+    zcol = [f"vs {z}: ratio / load / gather / save" for z in zarr_method(level)]
+    cols = ["dataset", "backend", "ratio vs best of npz and blosc2 (at least 1x)"]
+    cols += [f"load vs {bs} (at least 1x)", "load vs fastest blosc2"]
+    cols += ["gather vs fastest blosc2 (at least 1x)"]
+    cols += [f"save vs {bs} (at least 1x)", "save vs fastest blosc2", *zcol]
+    rows = []
+    for name, r in results.items():
+        st, ld, ga, sv = r["stored"], r["load"], r["gather"], r["save"]
+        smallest = min(["npz", *b2], key=st.get)
+        fast_load, fast_gather, fast_save = (min(b2, key=t.get) for t in (ld, ga, sv))
+        for b in backends:
+            ratio, load = st[smallest] / st[b], ld[bs] / ld[b]
+            gather, save = ga[fast_gather] / ga[b], sv[bs] / sv[b]
+            row = {
+                "dataset": name,
+                "backend": b,
+                cols[2]: f"{ratio:.2f}x {verdict(ratio >= 1)} (best: {smallest})",
+                cols[3]: f"{load:.2f}x {verdict(load >= 1)}",
+                cols[4]: f"{x(ld[fast_load], ld[b])} ({fast_load})",
+                cols[5]: f"{gather:.2f}x {verdict(gather >= 1)} ({fast_gather})",
+                cols[6]: f"{save:.2f}x {verdict(save >= 1)}",
+                cols[7]: f"{x(sv[fast_save], sv[b])} ({fast_save})",
+            }
+            for z, c in zip(zarr_method(level), zcol):
+                row[c] = " / ".join(x(t[z], t[b]) for t in (st, ld, ga, sv))
+            rows.append(row)
+    return rows, cols
+
+
+def overview_table(results: dict, backends: list[str], level: int) -> tuple[list, list]:
+    """One row a dataset, one cell a method: ratio / load MB/s / gather time."""
+    methods = {f"numpack {b}": b for b in backends}
+    methods.update({k: k for k in [*blosc2_configs(level), *zarr_method(level), "npz"]})
+    rows = []
+    for name, r in results.items():
+        row = {"dataset": name}
+        for col, k in methods.items():
+            row[col] = (
+                f"{r['raw'] / r['stored'][k]:.2f} / {mbs(r['raw'], r['load'][k])} / "
+                f"{fmt_time(r['gather'][k])}"
+            )
+        rows.append(row)
+    return rows, ["dataset", *methods]
 
 
 if __name__ == "__main__":
