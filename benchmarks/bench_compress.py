@@ -12,8 +12,8 @@ Per dataset, timed in the same run on the same array, medians of interleaved rou
   cparams)` to save, `[:]` to load and `[rows]` (its own fancy indexing, which decodes only the
   blocks the rows fall in) to gather, 2 threads to compress and decompress (the machine may
   have more cores), chunk and block shapes left to blosc2. Three configurations: blosc2's
-  default (`blosc2.CParams()`, named in the table by what it is: zstd level 5 + byte shuffle
-  in blosc2 4.x), and zstd at numpack's level with byte shuffle, then with bitshuffle;
+  default (`blosc2.CParams()`, named in the table by what it is; in blosc2 4.15, zstd level 5
+  + byte shuffle), and zstd at numpack's level with byte shuffle, then with bitshuffle;
 - zarr v3: `zarr.create_array(path, data=arr, compressors=ZstdCodec(level), overwrite=True)`
   into a local directory, zstd at numpack's level and no filter, chunks of whole rows of about
   1 MiB (at least one row); `[:]` to load and `oindex[rows]` to gather;

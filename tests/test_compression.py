@@ -806,9 +806,9 @@ def test_timestamps_compress_well_with_delta(store):
 
 def test_filter_groups_share_one_pick_alike_on_both_backends(tmp_path):
     """Blocks of one filter group (FORMAT.md 7; here 4 blocks of 256 KiB) take the filter picked
-    on the first block a call encodes: a save picks per group, an append that starts inside a
-    group picks on its first block, a replace keeps each block's filter. Both backends pick
-    alike: their files and block records are the same bytes."""
+    on the first block a call encodes: a save picks per group, an append that refills a partial
+    block keeps its filter for the rest of its group, a replace keeps each block's filter.
+    Both backends pick alike: their files and block records are the same bytes."""
     for b in ("rust", "python"):
         require_backend(b)
     br = 1 << 15  # int64 rows: 256 KiB blocks, 4 to a group
@@ -831,9 +831,9 @@ def test_filter_groups_share_one_pick_alike_on_both_backends(tmp_path):
         filters = [r[4] for r in _records(e)]
         assert first[:4] == [first[0]] * 4 and first[0] in DELTAS  # group 0: delta, once
         assert first[4:7] == [first[4]] * 3 and first[4] not in DELTAS  # picked on noise
-        # the append's first block (6) has timestamps: a delta, kept for block 7 (its group);
-        # group 2 (blocks 8-11) is noise, stored raw
-        assert filters[6] == filters[7] and filters[6] in DELTAS
+        # the append refills block 6, which keeps its filter, as does block 7 (its group),
+        # though they hold timestamps; group 2 (blocks 8-11) is noise, stored raw
+        assert filters[6] == filters[7] == first[6] and codecs[6] == 1
         assert codecs[8:] == [0] * 4
         assert filters[:6] == first[:6]  # the replace kept blocks 0 and 5's filters
     assert files["rust"] == files["python"]

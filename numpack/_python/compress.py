@@ -265,14 +265,14 @@ def check_frames(buf, blocks: np.ndarray, rows: int, block_rows: int, row_bytes:
         raise CorruptStoreError(f"block {k} of {what} is not a zstd frame declaring its size")
 
 
-def group_filters(blocks, row_bytes: int, unit: int, level: int, block_rows: int):
+def group_filters(blocks, row_bytes: int, unit: int, level: int, block_rows: int, keep=None):
     """`(k, raw, filter)` for each `(k, raw bytes of block k)` of `blocks` (k ascending): the
     blocks of one filter group (FORMAT.md 7) take the filter picked on the first of them
-    given."""
-    per_group, f = filter_group(block_rows * row_bytes), None
+    given, or, for the group of the first block, `keep` when given."""
+    per_group, f = filter_group(block_rows * row_bytes), keep
     for i, (k, raw) in enumerate(blocks):
         raw = as_bytes(raw)
-        if raw.nbytes and (i == 0 or k % per_group == 0):
+        if raw.nbytes and ((i == 0 and keep is None) or (i and k % per_group == 0)):
             f = choose_filter(raw, raw.nbytes // row_bytes, row_bytes, unit, level)
         yield k, raw, f
 

@@ -862,19 +862,18 @@ class Store:
             for i, start in enumerate(range(fill, n, br), start=k + bool(head)):
                 yield i, data[start * r : min(n, start + br) * r]
 
-        return self._write_blocks(e, e.shape[0] + n, blocks())
+        # The refilled block keeps its filter, as a replaced one does (FORMAT.md 7).
+        keep = _kept_filter(e, k) if head else None
+        unit, level = compress.unit_of(e.dtype), e.compression["level"]
+        filtered = compress.group_filters(blocks(), r, unit, level, br, keep)
+        return self._write_blocks(e, e.shape[0] + n, filtered)
 
-    def _write_blocks(self, e: fmt.ArrayEntry, rows: int, blocks, keep=None) -> np.ndarray:
-        """Encode each `(k, raw bytes of block k)` of `blocks` (k ascending) and append it to
-        compressed array `e`'s data file, which will hold `rows` physical rows; returns the
-        new records as an update's blocks (FORMAT.md 6). Each block takes the filter `keep(k)`
-        gives (None: a new pick), or without `keep`, that of its filter group."""
+    def _write_blocks(self, e: fmt.ArrayEntry, rows: int, blocks) -> np.ndarray:
+        """Encode each `(k, raw bytes of block k, filter or None to pick one)` of `blocks` and
+        append it to compressed array `e`'s data file, which will hold `rows` physical rows;
+        returns the new records as an update's blocks (FORMAT.md 6)."""
         c, r = e.compression, e.row_bytes
         br, level, unit = c["block_rows"], c["level"], compress.unit_of(e.dtype)
-        if keep is None:
-            blocks = compress.group_filters(blocks, r, unit, level, br)
-        else:
-            blocks = ((k, raw, keep(k)) for k, raw in blocks)
         ks, records = [], []
         fd = self._open(e, os.O_WRONLY)
         try:
@@ -957,14 +956,9 @@ class Store:
                 k = int(block[lo])
                 rows = view.block(k).copy()
                 rows[physical[lo:hi] - k * br] = new[src[lo:hi]]
-                yield k, rows
+                yield k, rows, _kept_filter(e, k)
 
-        def keep(k: int):
-            """A replaced block keeps its filter, unless it was stored raw (FORMAT.md 7)."""
-            old = e.compression["blocks"][k]
-            return int(old["filter"]) if old["codec"] == compress.ZSTD else None
-
-        return self._write_blocks(e, e.shape[0], touched(), keep)
+        return self._write_blocks(e, e.shape[0], touched())
 
     def _write_rows(self, e: fmt.ArrayEntry, physical, src, data: np.ndarray) -> None:
         """Write row `src[k]` of `data` over physical row `physical[k]`, a run at a time."""
@@ -1065,6 +1059,13 @@ def _live_rows(view: View):
         out = buf[: (stop - start) * r]
         view.read(start, stop, out)
         yield out
+
+
+def _kept_filter(e: fmt.ArrayEntry, k: int) -> int | None:
+    """The filter block `k` of `e` keeps when it is encoded again: its own, unless it was
+    stored raw (None: pick one) (FORMAT.md 7)."""
+    old = e.compression["blocks"][k]
+    return int(old["filter"]) if old["codec"] == compress.ZSTD else None
 
 
 def _live_blocks(view: BlockView, level: int, block_rows: int, records: list):

@@ -79,16 +79,17 @@ pub fn check_frames(
     Ok(())
 }
 
-/// Encodes `rows` rows held in `raw` into blocks of `block_rows` rows, in parallel; the first
-/// is block `first` of its array. Blocks of one filter group (FORMAT.md 7) take the filter
-/// picked on the first of them this call encodes.
+/// Encodes `rows` rows held in `raw` into blocks of `block_rows` rows at zstd `level`, in
+/// parallel; the first is block `first` of its array. Blocks of one filter group (FORMAT.md 7)
+/// take the filter picked on the first of them this call encodes, or, for the group of the
+/// first block, `keep` when given.
 pub fn encode_rows(
     raw: &[u8],
     rows: u64,
     layout: Layout,
-    level: i32,
-    block_rows: u64,
+    (level, block_rows): (i32, u64),
     first: usize,
+    keep: Option<u8>,
 ) -> Result<Vec<Encoded>> {
     if layout.row_bytes == 0 {
         // Rows of zero bytes still fill blocks, each of them empty.
@@ -107,18 +108,23 @@ pub fn encode_rows(
         let starts = i == 0 || (first + i).is_multiple_of(per_group);
         group.push(if starts { i } else { group[i - 1] });
     }
-    let filters: Vec<Option<u8>> = (0..blocks.len())
-        .into_par_iter()
-        .map(|i| match group[i] == i {
-            true => compress::pick_filter(blocks[i], layout, level).map(Some),
-            false => Ok(None),
-        })
-        .collect::<Result<_>>()?;
-    blocks
-        .par_iter()
-        .zip(&group)
-        .map(|(block, &g)| compress::encode_as(block, layout, level, filters[g]))
-        .collect()
+    let filters = each(blocks.len(), |i| match group[i] == i {
+        true if i == 0 && keep.is_some() => Ok(keep),
+        true => compress::pick_filter(blocks[i], layout, level).map(Some),
+        false => Ok(None),
+    })?;
+    each(blocks.len(), |i| {
+        compress::encode_as(blocks[i], layout, level, filters[group[i]])
+    })
+}
+
+/// `f(i)` for `i` in `0..n`, in parallel when there is more than one: handing a single task
+/// to the thread pool costs two thread wake-ups, which a small append would notice.
+pub fn each<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync + Send) -> Result<Vec<T>> {
+    match n {
+        0 | 1 => (0..n).map(f).collect(),
+        _ => (0..n).into_par_iter().map(f).collect(),
+    }
 }
 
 /// Writes encoded blocks one after another from byte `at` of `file` (already positioned

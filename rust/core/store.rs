@@ -755,7 +755,8 @@ impl Store {
         };
         let layout = entry.layout();
         let block_rows = block_rows.unwrap_or_else(|| layout.default_block_rows());
-        let encoded = blocks::encode_rows(data, entry.shape[0], layout, level, block_rows, 0)?;
+        let encoded =
+            blocks::encode_rows(data, entry.shape[0], layout, (level, block_rows), 0, None)?;
         let records = files::create_with(&path, |f| blocks::write(f, 0, encoded))?;
         entry.set_compressed(Compressed::new(level, block_rows, records));
         Ok(())
@@ -1359,9 +1360,12 @@ impl View {
         }
         let rows = self.physical_rows + item.shape[0];
         let full = (self.physical_rows / index.block_rows) as usize;
-        let mut raw = Vec::new();
+        let (mut raw, mut keep) = (Vec::new(), None);
         if full < index.blocks.len() {
             raw = self.reader(index).block(full)?.to_vec();
+            // The refilled block keeps its filter, as a replaced one does (FORMAT.md 7).
+            let old = index.blocks[full];
+            keep = (old.codec == compress::ZSTD).then_some(old.filter);
         }
         raw.extend_from_slice(item.data);
         let tail_rows = rows - full as u64 * index.block_rows;
@@ -1369,9 +1373,9 @@ impl View {
             &raw,
             tail_rows,
             self.layout,
-            index.level,
-            index.block_rows,
+            (index.level, index.block_rows),
             full,
+            keep,
         )?;
         let records = append_to(path, encoded)?;
         Ok(numbered(full, records))
@@ -1443,9 +1447,9 @@ impl View {
                 &raw,
                 stop - start,
                 self.layout,
-                index.level,
-                index.block_rows,
+                (index.level, index.block_rows),
                 first,
+                None,
             )?;
             let at = records.last().map_or(0, compress::Record::end);
             records.extend(blocks::write(file, at, encoded)?);
