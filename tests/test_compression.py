@@ -48,7 +48,8 @@ from numpack import (
 DEFAULT_BLOCK_BYTES = 1 << 16  # FORMAT.md 7
 RECORD = struct.Struct("<QQIBBH")  # offset, size, crc32, codec, filter, zero
 FILTER_NAMES = {
-    0: "none", 1: "shuffle", 2: "delta+shuffle", 3: "bitshuffle", 4: "delta+bitshuffle"
+    0: "none", 1: "shuffle", 2: "delta+shuffle", 3: "bitshuffle", 4: "delta+bitshuffle",
+    5: "decimal",
 }  # fmt: skip
 DELTAS, BITS = (2, 4), (3, 4)
 
@@ -152,10 +153,15 @@ def _filter(raw: bytes, filt: int, rows: int, u: int) -> bytes:
 
 
 def _filtered_size(raw_size: int, filt: int, u: int) -> int:
-    return 8 * u * _ceil_div(raw_size // u, 8) if filt in BITS else raw_size
+    planes = 8 * u * _ceil_div(raw_size // u, 8)
+    return planes if filt in BITS else 1 + planes if filt == 5 else raw_size
 
 
 def _unfilter(data: bytes, filt: int, rows: int, u: int, raw_size: int) -> bytes:
+    if filt == 5:  # decimal: d, then the integers' delta+bitshuffle; each value is v / 10**d
+        assert u == 8 and data[0] <= 9
+        ints = np.frombuffer(_unfilter(data[1:], 4, rows, 8, raw_size), "<i8")
+        return (ints.astype("<f8") / 10.0 ** data[0]).tobytes()
     if filt in BITS:
         n = raw_size // u
         planes = np.frombuffer(data, dtype=np.uint8).reshape(8 * u, -1)
@@ -837,6 +843,69 @@ def test_filter_groups_share_one_pick_alike_on_both_backends(tmp_path):
         assert codecs[8:] == [0] * 4
         assert filters[:6] == first[:6]  # the replace kept blocks 0 and 5's filters
     assert files["rust"] == files["python"]
+
+
+def _prices(n: int, seed: int = 0, cols: int = 1) -> np.ndarray:
+    """float64 prices: a random walk of cents, rounded to two decimals as a feed gives them."""
+    steps = np.random.default_rng(seed).integers(-1, 2, size=(n, cols))
+    return np.round((10_000 + np.cumsum(steps, axis=0)) * 0.01, 2).squeeze()
+
+
+def test_decimal_prices_compress_far_better(store):
+    """float64 decimals (prices with two places, OHLC rows) take the decimal filter
+    (FORMAT.md 7): integers, delta, bitshuffle; every read gives back the exact bits."""
+    for name, arr in (("ticks", _prices(200_000)), ("bars", _prices(50_000, 1, 4))):
+        store.save({name: arr}, compress=True)
+        comp = _comp(store, name)
+        assert comp["filters"] == {"decimal": comp["blocks"]}, comp["filters"]
+        assert comp["raw_bytes"] > 25 * comp["stored_bytes"]
+        check_reads(store, name, arr)
+        check_on_disk(store, name, arr)
+        store.append({name: arr[:1000]})
+        store.replace({name: arr[5:8] + 0.01}, [0, 1, len(arr) + 999])
+        want = np.concatenate([arr, arr[:1000]])
+        want[[0, 1, -1]] = arr[5:8] + 0.01
+        check_reads(store, name, want)
+        check_on_disk(store, name, want)
+
+
+def test_values_that_are_not_decimals_round_trip_exactly(store):
+    """-0.0, NaN, the infinities, 0.1 + 0.2, huge and subnormal values are not decimals: a
+    block with one takes another filter (delta+bitshuffle when its group picked decimal), and
+    reads give back every bit."""
+    arr = _prices(40_000)
+    for i, odd in enumerate([-0.0, np.nan, np.inf, -np.inf, 0.1 + 0.2, 2.0**60, 5e-324]):
+        arr[9_000 + 8192 * (i % 4) + i] = odd  # in blocks 1-4 of the first filter group
+    store.save({"a": arr}, compress=True, block_rows=8192)
+    comp = _comp(store, "a")
+    assert comp["filters"]["decimal"] >= 1 and comp["filters"]["delta+bitshuffle"] >= 1
+    check_reads(store, "a", arr)
+    check_on_disk(store, "a", arr)
+
+
+def test_decimal_places_above_9_are_corrupt(backend, store_path):
+    """A decimal block whose first byte claims more than 9 places is CorruptStoreError, on
+    every read."""
+    arr = _prices(1000)
+    with NumPack(store_path, backend=backend) as npk:
+        npk.save({"a": arr}, compress=True)
+    meta = read_metadata(store_path)
+    [entry] = [e for e in meta["arrays"] if e["name"] == "a"]
+    [(offset, size, crc, codec, filt, _)] = _records(entry)
+    assert filt == 5
+    path = store_path / entry["file"]
+    stored = path.read_bytes()[offset : offset + size]
+    frame = zstandard.ZstdDecompressor().decompress(stored)
+    bad = zstandard.ZstdCompressor(level=3).compress(b"\x0a" + frame[1:])
+    end = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(bad)
+    entry["compression"]["blocks"] = _pack_records([(end, len(bad), crc, codec, filt, 0)])
+    write_metadata(store_path, meta)
+    with NumPack(store_path, backend=backend) as npk:
+        for call in (lambda: npk.load("a"), lambda: npk.getitem("a", [3])):
+            with pytest.raises(CorruptStoreError, match="decimal places"):
+                call()
 
 
 def test_incompressible_data_is_stored_raw(store):

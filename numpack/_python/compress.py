@@ -27,8 +27,11 @@ FILTER_GROUP_BYTES = 1 << 20
 MAX_RATIO = 32768
 
 STORED_RAW, ZSTD = 0, 1
-NONE, SHUFFLE, DELTA_SHUFFLE, BITSHUFFLE, DELTA_BITSHUFFLE = 0, 1, 2, 3, 4
-FILTER_NAMES = ("none", "shuffle", "delta+shuffle", "bitshuffle", "delta+bitshuffle")
+NONE, SHUFFLE, DELTA_SHUFFLE, BITSHUFFLE, DELTA_BITSHUFFLE, DECIMAL = 0, 1, 2, 3, 4, 5
+FILTER_NAMES = ("none", "shuffle", "delta+shuffle", "bitshuffle", "delta+bitshuffle", "decimal")
+# The decimal filter's most decimal places, and its scales (exact in float64).
+MAX_DECIMALS = 9
+_POW10 = [10.0**d for d in range(MAX_DECIMALS + 1)]
 _DELTAS = (DELTA_SHUFFLE, DELTA_BITSHUFFLE)
 _BITS = (BITSHUFFLE, DELTA_BITSHUFFLE)
 
@@ -120,8 +123,10 @@ def _unbitshuffle(b: np.ndarray, n: int, unit: int) -> np.ndarray:
 
 
 def filtered_size(size: int, unit: int, f: int) -> int:
-    """Bytes a filter turns `size` raw bytes into: bit planes round up to whole bytes."""
-    return 8 * unit * -(-(size // unit) // 8) if f in _BITS else size
+    """Bytes a filter turns `size` raw bytes into: bit planes round up to whole bytes, and the
+    decimal filter puts its decimal places first."""
+    planes = 8 * unit * -(-(size // unit) // 8)
+    return planes if f in _BITS else 1 + planes if f == DECIMAL else size
 
 
 def _delta(b: np.ndarray, rows: int, unit: int) -> np.ndarray:
@@ -144,7 +149,32 @@ def _apply(raw: np.ndarray, rows: int, unit: int, f: int) -> np.ndarray:
     return raw if f == NONE else _shuffle(raw, unit)
 
 
+def _decimal(raw: np.ndarray, rows: int, unit: int) -> np.ndarray | None:
+    """The decimal filter (FORMAT.md 7): float64 units `x` that all give back their bits as
+    `v / 10^d`, where `v` is the integer `x * 10^d` (at most 2^53 in size), for the smallest
+    such d up to 9, become those integers (int64), then delta+bitshuffle; the output starts
+    with d. None when the units are not such decimals (or not 8 bytes)."""
+    if unit != 8:
+        return None
+    x = raw.view("<f8")
+    with np.errstate(all="ignore"):  # NaN and the infinities fail, quietly
+        for d, s in enumerate(_POW10):
+            p = x * s
+            ok = (np.abs(p) <= 2.0**53) & (p == np.trunc(p))
+            if not ok.all():
+                continue
+            v = p.astype("<i8")
+            # -0.0 fails here: its integer is 0.
+            if np.array_equal((v.astype("<f8") / s).view("<u8"), x.view("<u8")):
+                planes = _bitshuffle(_delta(v.view(np.uint8), rows, 8), 8)
+                return np.concatenate((np.array([d], np.uint8), planes))
+    return None
+
+
 def _undo(b: np.ndarray, rows: int, unit: int, f: int, size: int) -> np.ndarray:
+    if f == DECIMAL:  # decode_block checked the unit (8) and the places (at most 9)
+        v = _undelta(_unbitshuffle(b[1:], size // 8, 8), rows, 8).view("<i8")
+        return (v.astype("<f8") / _POW10[b[0]]).view(np.uint8)
     if f in _BITS:
         b = _unbitshuffle(b, size // unit, unit)
     elif f != NONE:
@@ -163,7 +193,11 @@ def choose_filter(raw: np.ndarray, rows: int, row_bytes: int, unit: int, level: 
         candidates += [DELTA_SHUFFLE, DELTA_BITSHUFFLE]
     sample = raw[: n * row_bytes]
     c = _compressor(level)
-    return min(candidates, key=lambda f: (len(c.compress(_apply(sample, n, unit, f))), f))
+    size, best = min((len(c.compress(_apply(sample, n, unit, f))), f) for f in candidates)
+    decimal = _decimal(sample, n, unit)
+    if decimal is not None and len(c.compress(decimal)) < size:
+        return DECIMAL
+    return best
 
 
 # -- blocks ---------------------------------------------------------------------------------
@@ -182,7 +216,13 @@ def encode_block(raw, rows: int, row_bytes: int, unit: int, level: int, f=None) 
         return raw, STORED_RAW, NONE, crc
     if f is None:
         f = choose_filter(raw, rows, row_bytes, unit, level)
-    stored = _compressor(level).compress(_apply(raw, rows, unit, f))
+    filtered = _decimal(raw, rows, unit) if f == DECIMAL else None
+    if filtered is None:
+        # A group's decimal filter does not fit a block whose values are not such decimals:
+        # it takes delta+bitshuffle instead (FORMAT.md 7).
+        f = DELTA_BITSHUFFLE if f == DECIMAL else f
+        filtered = _apply(raw, rows, unit, f)
+    stored = _compressor(level).compress(filtered)
     if len(stored) >= raw.nbytes:
         return raw, STORED_RAW, NONE, crc
     return stored, ZSTD, f, crc
@@ -211,11 +251,17 @@ def decode_block(
                 raise CorruptStoreError(f"{what} is a zstd frame that does not declare its size")
             if claimed != want:
                 raise CorruptStoreError(f"{what} claims {claimed} bytes, not {want}")
+            if f == DECIMAL and unit != 8:
+                raise CorruptStoreError(
+                    f"{what} has the decimal filter but units of {unit} bytes, not 8"
+                )
             out = _decompressor().decompress(stored, max_output_size=want)
         except zstandard.ZstdError as e:
             raise CorruptStoreError(f"{what} does not decompress ({e})") from None
         if len(out) != want:
             raise CorruptStoreError(f"{what} decompresses to {len(out)} bytes, not {want}")
+        if f == DECIMAL and out[0] > MAX_DECIMALS:
+            raise CorruptStoreError(f"{what} claims {out[0]} decimal places, more than 9")
         raw = _undo(np.frombuffer(out, np.uint8), rows, unit, f, size)
     else:
         raise CorruptStoreError(f"{what} has an unknown codec {int(record['codec'])}")
@@ -238,9 +284,10 @@ def check_frames(buf, blocks: np.ndarray, rows: int, block_rows: int, row_bytes:
         return
     rec = blocks[z]
     raw = np.minimum(block_rows, rows - z * block_rows) * row_bytes
-    if unit:
-        bits = np.isin(rec["filter"], _BITS)
-        raw = np.where(bits, 8 * unit * -(-(raw // unit) // 8), raw)
+    if unit:  # filtered_size, for every block at once
+        planes = 8 * unit * -(-(raw // unit) // 8)
+        raw = np.where(np.isin(rec["filter"], _BITS), planes, raw)
+        raw = np.where(rec["filter"] == DECIMAL, 1 + planes, raw)
     mv = np.frombuffer(buf, np.uint8)
     off, size = rec["offset"].astype(np.int64), rec["size"].astype(np.int64)
     head = mv[np.minimum(off[:, None] + np.arange(18), len(mv) - 1)].astype(np.uint64)

@@ -29,13 +29,18 @@ pub const SHUFFLE: u8 = 1;
 pub const DELTA_SHUFFLE: u8 = 2;
 pub const BITSHUFFLE: u8 = 3;
 pub const DELTA_BITSHUFFLE: u8 = 4;
-pub const FILTER_NAMES: [&str; 5] = [
+pub const DECIMAL: u8 = 5;
+pub const FILTER_NAMES: [&str; 6] = [
     "none",
     "shuffle",
     "delta+shuffle",
     "bitshuffle",
     "delta+bitshuffle",
+    "decimal",
 ];
+/// The decimal filter's most decimal places, and its scales (exact in float64).
+const MAX_DECIMALS: u8 = 9;
+const POW10: [f64; 10] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
 /// Where one block lives and how to read it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +84,7 @@ pub fn unpack(bytes: &[u8]) -> Option<Vec<Record>> {
                 codec: c[20],
                 filter: c[21],
             };
-            (r.codec <= ZSTD && r.filter <= DELTA_BITSHUFFLE).then_some(r)
+            (r.codec <= ZSTD && r.filter <= DECIMAL).then_some(r)
         })
         .collect()
 }
@@ -126,7 +131,16 @@ pub fn encode_as(raw: &[u8], layout: Layout, level: i32, filter: Option<u8>) -> 
         Some(f) => f,
         None => pick_filter(raw, layout, level)?,
     };
-    let compressed = compress(&apply(raw, layout, filter), level)?;
+    // A group's decimal filter does not fit a block whose values are not such decimals: it
+    // takes delta+bitshuffle instead (FORMAT.md 7).
+    let (filter, filtered) = match filter {
+        DECIMAL => match apply_decimal(raw, layout) {
+            Some(f) => (DECIMAL, Cow::Owned(f)),
+            None => (DELTA_BITSHUFFLE, apply(raw, layout, DELTA_BITSHUFFLE)),
+        },
+        f => (f, apply(raw, layout, f)),
+    };
+    let compressed = compress(&filtered, level)?;
     let (bytes, codec, filter) = if compressed.len() < raw.len() {
         (compressed, ZSTD, filter)
     } else {
@@ -173,6 +187,11 @@ pub fn pick_filter(raw: &[u8], layout: Layout, level: i32) -> Result<u8> {
             best = (size, filter);
         }
     }
+    if let Some(f) = apply_decimal(sample, layout) {
+        if compress(&f, level)?.len() < best.0 {
+            best.1 = DECIMAL;
+        }
+    }
     Ok(best.1)
 }
 
@@ -203,10 +222,18 @@ pub fn decode(
                 Ok(None) => return Err(corrupt("a block's frame does not declare its size")),
                 Err(_) => return Err(corrupt("a block is not a zstd frame")),
             }
+            if record.filter == DECIMAL && layout.unit != 8 {
+                return Err(corrupt(
+                    "a block of units other than 8 bytes has the decimal filter",
+                ));
+            }
             let filtered = decompress(stored, want)
                 .map_err(|e| corrupt(&format!("a block does not decompress ({e})")))?;
             if filtered.len() != want {
                 return Err(corrupt("a block decompresses to the wrong size"));
+            }
+            if record.filter == DECIMAL && filtered[0] > MAX_DECIMALS {
+                return Err(corrupt("a decimal block claims more than 9 decimal places"));
             }
             undo(filtered, layout, record.filter, raw_len)
         }
@@ -255,6 +282,8 @@ fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 pub fn filtered_len(raw_len: usize, unit: usize, filter: u8) -> usize {
     match filter {
         BITSHUFFLE | DELTA_BITSHUFFLE => 8 * unit * (raw_len / unit.max(1)).div_ceil(8),
+        // Its decimal places, then the integers' delta+bitshuffle.
+        DECIMAL => 1 + 8 * unit * (raw_len / unit.max(1)).div_ceil(8),
         _ => raw_len,
     }
 }
@@ -274,7 +303,51 @@ fn apply(raw: &[u8], layout: Layout, filter: u8) -> Cow<'_, [u8]> {
     }
 }
 
+/// The decimal filter (FORMAT.md 7): float64 units `x` that all give back their bits as
+/// `v / 10^d`, where `v` is the integer `x * 10^d` (at most 2^53 in size), for the smallest
+/// such d up to 9, become those integers (int64), then delta+bitshuffle; the output starts
+/// with d. None when the units are not such decimals (or not 8 bytes).
+fn apply_decimal(raw: &[u8], layout: Layout) -> Option<Vec<u8>> {
+    if layout.unit != 8 {
+        return None;
+    }
+    let units = || {
+        raw.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+    };
+    let d = (0..=MAX_DECIMALS).find(|&d| {
+        let s = POW10[d as usize];
+        units().all(|x| {
+            let p = x * s;
+            // NaN and the infinities fail the first test, -0.0 the last (its integer is 0).
+            p.abs() <= 9_007_199_254_740_992.0
+                && p == p.trunc()
+                && ((p as i64) as f64 / s).to_bits() == x.to_bits()
+        })
+    })?;
+    let s = POW10[d as usize];
+    let mut ints: Vec<u8> = units()
+        .flat_map(|x| ((x * s) as i64).to_le_bytes())
+        .collect();
+    delta(&mut ints, layout);
+    let mut out = Vec::with_capacity(filtered_len(raw.len(), 8, DECIMAL));
+    out.push(d);
+    out.extend_from_slice(&bitshuffle(&ints, 8));
+    Some(out)
+}
+
 fn undo(filtered: Vec<u8>, layout: Layout, filter: u8, raw_len: usize) -> Vec<u8> {
+    if filter == DECIMAL {
+        // decode() checked the unit (8) and the places (at most 9).
+        let s = POW10[filtered[0] as usize];
+        let mut ints = unbitshuffle(&filtered[1..], 8, raw_len);
+        undelta(&mut ints, layout);
+        for c in ints.chunks_exact_mut(8) {
+            let v = i64::from_le_bytes(c.try_into().unwrap());
+            c.copy_from_slice(&(v as f64 / s).to_le_bytes());
+        }
+        return ints;
+    }
     let mut raw = match filter {
         NO_FILTER => return filtered,
         SHUFFLE | DELTA_SHUFFLE => unshuffle(&filtered, layout.unit),
@@ -589,6 +662,57 @@ mod tests {
                 assert_eq!(unshuffle(&shuffle(&src, unit), unit), src);
             }
         }
+    }
+
+    #[test]
+    fn decimals_round_trip_and_others_are_refused() {
+        let layout = Layout::new("<f8", 8, 8);
+        let bytes = |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        // A random walk of cents, as prices are.
+        let (mut x, mut cents) = (0x9e37_79b9_7f4a_7c15u64, 10_000i64);
+        let prices: Vec<f64> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                cents += (x % 3) as i64 - 1;
+                cents as f64 / 100.0
+            })
+            .collect();
+        let raw = bytes(&prices);
+        let enc = encode(&raw, layout, 3).unwrap();
+        assert_eq!(enc.record.filter, DECIMAL);
+        assert!(enc.bytes.len() * 20 < raw.len());
+        let back = decode(&enc.bytes, &enc.record, layout, raw.len(), "t").unwrap();
+        assert_eq!(back, raw);
+        // Not decimals: -0.0 (its integer is 0), NaN, infinities, 0.1 + 0.2, over 2^53.
+        for odd in [-0.0, f64::NAN, f64::INFINITY, 0.1 + 0.2, 2f64.powi(60)] {
+            let mut v = prices.clone();
+            v[17] = odd;
+            assert!(apply_decimal(&bytes(&v), layout).is_none(), "{odd}");
+            // Given filter 5 by its group, such a block takes delta+bitshuffle, exactly.
+            let enc = encode_as(&bytes(&v), layout, 3, Some(DECIMAL)).unwrap();
+            assert_eq!(enc.record.filter, DELTA_BITSHUFFLE);
+            let back = decode(&enc.bytes, &enc.record, layout, v.len() * 8, "t").unwrap();
+            assert_eq!(back, bytes(&v));
+        }
+        assert!(apply_decimal(&raw[..raw.len() / 2], Layout::new("<i4", 4, 8)).is_none());
+        // More places than 9, or the filter on other units, is damage, not a read.
+        let mut bad = apply_decimal(&raw, layout).unwrap();
+        bad[0] = 10;
+        let frame = compress(&bad, 3).unwrap();
+        let rec = Record {
+            size: frame.len() as u64,
+            ..enc.record
+        };
+        let rec = Record {
+            filter: DECIMAL,
+            codec: ZSTD,
+            ..rec
+        };
+        assert!(decode(&frame, &rec, layout, raw.len(), "t").is_err());
+        let four = Layout::new("<i4", 4, 4);
+        assert!(decode(&frame, &rec, four, raw.len(), "t").is_err());
     }
 
     #[test]
