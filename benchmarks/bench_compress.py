@@ -33,9 +33,11 @@ median time. "vs npz" = any method over npz: ratio of ratios, and speed-ups npz 
 time (above 1: better than npz). Filters are the ones numpack chose, as block counts. No call
 fsyncs; files stay in the page cache (the machine has the memory).
 
-Two more tables: the incompressible embeddings saved compressed against the same backend's
-uncompressed save, and a gather of 100 random rows from a compressed 1,000,000-row array
-against the same backend's uncompressed array. Then, from the per-dataset tables: issue 4's
+Three more tables: the incompressible embeddings saved compressed against the same backend's
+uncompressed save; a gather of 100 random rows from a compressed 1,000,000-row array against
+the same backend's uncompressed array; and on that array, one random row (store reopened
+before each) and appends of 100 rows (store kept open, the array growing), each against the
+same call on the uncompressed array. Then, from the per-dataset tables: issue 4's
 targets (against npz); issue 11's targets (numpack against blosc2, with zarr alongside: ratio at
 least the best of npz and the blosc2 configurations, full load at least as fast as blosc2
 zstd + bitshuffle, gather at least as fast as the fastest blosc2 configuration, save at least
@@ -474,6 +476,9 @@ def raw_vs_compressed(arr, backends, level, repeat, tmp, op):
             fns[z_s] = lambda k=z_s: stores[k].save(
                 {"a": arr}, compress=True, compression_level=level
             )
+        elif op == "append":
+            fns[raw_s] = lambda k=raw_s: stores[k].append({"a": arr[:K_GATHER]})
+            fns[z_s] = lambda k=z_s: stores[k].append({"a": arr[:K_GATHER]})
         else:
             fns[raw_s] = lambda k=raw_s: stores[k].getitem("a", cur["i"])
             fns[z_s] = lambda k=z_s: stores[k].getitem("a", cur["i"])
@@ -481,9 +486,9 @@ def raw_vs_compressed(arr, backends, level, repeat, tmp, op):
 
     def draw():
         stores.reopen()
-        cur["i"] = rng.integers(0, arr.shape[0], size=K_GATHER)
+        cur["i"] = rng.integers(0, arr.shape[0], size=K_GATHER if op == "gather" else 1)
 
-    t = medians(fns, repeat, None if op == "save" else draw)
+    t = medians(fns, repeat, draw if op in ("gather", "row") else None)
     comps = {b: stores[f"{b} zstd"].get_metadata()["arrays"]["a"]["compression"] for b in backends}
     stores.close()
     for s in kept.values():
@@ -594,6 +599,36 @@ def main(argv=None) -> None:
             )
         cols = pair_cols[:5] + ["compressed, store kept open"] + pair_cols[5:]
         print_table(f"Gather from a compressed {arr.shape[0]:,}-row array", rows, cols)
+
+        # Issue 11's targets on the same array: one random row, and appends of 100 rows.
+        tmp = tempfile.mkdtemp(prefix="npk-bench-")
+        try:
+            one, _ = raw_vs_compressed(arr, backends, args.level, gather_repeat, tmp, "row")
+            shutil.rmtree(tmp)
+            grow, _ = raw_vs_compressed(arr, backends, args.level, gather_repeat, tmp, "append")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        rows = []
+        for b in backends:
+            for t, what, target, includes in (
+                (one, "getitem 1 random row", "under 200 us: ", "store reopened before each"),
+                (grow, f"append {K_GATHER} rows", "at most 2x the time: ", "store kept open"),
+            ):
+                raw_t, z_t = t[f"{b} raw"], t[f"{b} zstd"]
+                met = z_t < 200e-6 if t is one else z_t <= 2 * raw_t
+                rows.append(
+                    {
+                        "operation": f"{what} of {shape_str(arr)} float64 bars",
+                        "backend": b,
+                        "uncompressed": fmt_time(raw_t),
+                        "compressed": fmt_time(z_t),
+                        "compressed / uncompressed": f"{z_t / raw_t:.1f}x the time",
+                        "issue 11's target (rust)": target + verdict(met),
+                        "includes": f"{includes} call (untimed); {gather_repeat} rounds",
+                    }
+                )
+        cols = pair_cols[:5] + ["issue 11's target (rust)", "includes"]
+        print_table(f"One row and appends, compressed {arr.shape[0]:,}-row array", rows, cols)
 
     # The issue's targets on every dataset, from the tables above.
     rows = []

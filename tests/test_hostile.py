@@ -474,7 +474,7 @@ def _lie_index(meta, how: str, store_path) -> None:
     elif how == "filter_unknown":
         r[k]["filter"] = 9
     elif how == "filter_changed":
-        r[k]["filter"] = (int(r[k]["filter"]) + 1) % 5
+        r[k]["filter"] = (int(r[k]["filter"]) + 1) % 7
     elif how == "index_short":
         r = r[:-1]
     elif how == "index_long":

@@ -27,8 +27,10 @@ FILTER_GROUP_BYTES = 1 << 20
 MAX_RATIO = 32768
 
 STORED_RAW, ZSTD = 0, 1
-NONE, SHUFFLE, DELTA_SHUFFLE, BITSHUFFLE, DELTA_BITSHUFFLE, DECIMAL = 0, 1, 2, 3, 4, 5
-FILTER_NAMES = ("none", "shuffle", "delta+shuffle", "bitshuffle", "delta+bitshuffle", "decimal")
+NONE, SHUFFLE, DELTA_SHUFFLE, BITSHUFFLE, DELTA_BITSHUFFLE, DECIMAL, GCD = range(7)
+FILTER_NAMES = (
+    "none", "shuffle", "delta+shuffle", "bitshuffle", "delta+bitshuffle", "decimal", "gcd",
+)  # fmt: skip
 # The decimal filter's most decimal places, and its scales (exact in float64).
 MAX_DECIMALS = 9
 _POW10 = [10.0**d for d in range(MAX_DECIMALS + 1)]
@@ -123,10 +125,18 @@ def _unbitshuffle(b: np.ndarray, n: int, unit: int) -> np.ndarray:
 
 
 def filtered_size(size: int, unit: int, f: int) -> int:
-    """Bytes a filter turns `size` raw bytes into: bit planes round up to whole bytes, and the
-    decimal filter puts its decimal places first."""
+    """Bytes a filter turns `size` raw bytes into: bit planes round up to whole bytes, the
+    decimal filter puts its decimal places first and the gcd filter its divisor (a unit)."""
     planes = 8 * unit * -(-(size // unit) // 8)
-    return planes if f in _BITS else 1 + planes if f == DECIMAL else size
+    return (
+        planes
+        if f in _BITS
+        else 1 + planes
+        if f == DECIMAL
+        else unit + planes
+        if f == GCD
+        else size
+    )
 
 
 def _delta(b: np.ndarray, rows: int, unit: int) -> np.ndarray:
@@ -171,7 +181,31 @@ def _decimal(raw: np.ndarray, rows: int, unit: int) -> np.ndarray | None:
     return None
 
 
+def _gcd(raw: np.ndarray, unit: int) -> np.ndarray | None:
+    """The gcd filter (FORMAT.md 7): units read as signed integers whose magnitudes share a
+    divisor `g` of at least 2 (the greatest) become their quotients, bit-shuffled, after `g`
+    as one unit. None when they share none (or only one too large for a positive unit)."""
+    v = raw.view(f"<i{unit}")
+    mag = v.view(f"<u{unit}").copy()
+    np.negative(mag, out=mag, where=v < 0)  # wraps: the most negative unit's is 2^(8u-1)
+    g = int(np.gcd.reduce(mag)) if len(mag) else 0
+    if not 1 < g < 1 << (8 * unit - 1):
+        return None
+    q = (v // v.dtype.type(g)).astype(f"<i{unit}")  # exact, so floor division truncates
+    head = np.frombuffer(g.to_bytes(unit, "little"), np.uint8)
+    return np.concatenate((head, _bitshuffle(q.view(np.uint8), unit)))
+
+
+def _gcd_of(b: np.ndarray, unit: int) -> int | None:
+    """The divisor a gcd block starts with, when it is one the filter can have written."""
+    g = int.from_bytes(b[:unit].tobytes(), "little")
+    return g if 1 < g < 1 << (8 * unit - 1) else None
+
+
 def _undo(b: np.ndarray, rows: int, unit: int, f: int, size: int) -> np.ndarray:
+    if f == GCD:  # decode_block checked the divisor
+        q = _unbitshuffle(b[unit:], size // unit, unit).view(f"<i{unit}")
+        return (q * q.dtype.type(_gcd_of(b, unit))).view(np.uint8)  # wraps modulo 2^(8u)
     if f == DECIMAL:  # decode_block checked the unit (8) and the places (at most 9)
         v = _undelta(_unbitshuffle(b[1:], size // 8, 8), rows, 8).view("<i8")
         return (v.astype("<f8") / _POW10[b[0]]).view(np.uint8)
@@ -194,9 +228,9 @@ def choose_filter(raw: np.ndarray, rows: int, row_bytes: int, unit: int, level: 
     sample = raw[: n * row_bytes]
     c = _compressor(level)
     size, best = min((len(c.compress(_apply(sample, n, unit, f))), f) for f in candidates)
-    decimal = _decimal(sample, n, unit)
-    if decimal is not None and len(c.compress(decimal)) < size:
-        return DECIMAL
+    for f, filtered in ((DECIMAL, _decimal(sample, n, unit)), (GCD, _gcd(sample, unit))):
+        if filtered is not None and len(c.compress(filtered)) < size:
+            size, best = len(c.compress(filtered)), f
     return best
 
 
@@ -216,11 +250,12 @@ def encode_block(raw, rows: int, row_bytes: int, unit: int, level: int, f=None) 
         return raw, STORED_RAW, NONE, crc
     if f is None:
         f = choose_filter(raw, rows, row_bytes, unit, level)
-    filtered = _decimal(raw, rows, unit) if f == DECIMAL else None
+    filtered = _decimal(raw, rows, unit) if f == DECIMAL else _gcd(raw, unit) if f == GCD else None
     if filtered is None:
-        # A group's decimal filter does not fit a block whose values are not such decimals:
-        # it takes delta+bitshuffle instead (FORMAT.md 7).
-        f = DELTA_BITSHUFFLE if f == DECIMAL else f
+        # A group's decimal (gcd) filter does not fit a block whose values are not such
+        # decimals (share no divisor): it takes delta+bitshuffle (bitshuffle) instead
+        # (FORMAT.md 7).
+        f = {DECIMAL: DELTA_BITSHUFFLE, GCD: BITSHUFFLE}.get(f, f)
         filtered = _apply(raw, rows, unit, f)
     stored = _compressor(level).compress(filtered)
     if len(stored) >= raw.nbytes:
@@ -262,6 +297,8 @@ def decode_block(
             raise CorruptStoreError(f"{what} decompresses to {len(out)} bytes, not {want}")
         if f == DECIMAL and out[0] > MAX_DECIMALS:
             raise CorruptStoreError(f"{what} claims {out[0]} decimal places, more than 9")
+        if f == GCD and _gcd_of(np.frombuffer(out, np.uint8), unit) is None:
+            raise CorruptStoreError(f"{what}'s gcd divisor is below 2 or too large")
         raw = _undo(np.frombuffer(out, np.uint8), rows, unit, f, size)
     else:
         raise CorruptStoreError(f"{what} has an unknown codec {int(record['codec'])}")
@@ -288,6 +325,7 @@ def check_frames(buf, blocks: np.ndarray, rows: int, block_rows: int, row_bytes:
         planes = 8 * unit * -(-(raw // unit) // 8)
         raw = np.where(np.isin(rec["filter"], _BITS), planes, raw)
         raw = np.where(rec["filter"] == DECIMAL, 1 + planes, raw)
+        raw = np.where(rec["filter"] == GCD, unit + planes, raw)
     mv = np.frombuffer(buf, np.uint8)
     off, size = rec["offset"].astype(np.int64), rec["size"].astype(np.int64)
     head = mv[np.minimum(off[:, None] + np.arange(18), len(mv) - 1)].astype(np.uint64)

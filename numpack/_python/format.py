@@ -305,7 +305,7 @@ def check_records(r: np.ndarray, what: str, bad) -> None:
         (r["offset"] > _MAX)
         | (r["size"] > _MAX)
         | (r["codec"] > compress.ZSTD)
-        | (r["filter"] > compress.DECIMAL)
+        | (r["filter"] > compress.GCD)
     ):
         raise bad(f"{what} has an invalid block record")
 

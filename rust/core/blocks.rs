@@ -169,9 +169,8 @@ impl Reader<'_> {
         let rec = &self.index.blocks[k];
         let range = self.index.rows_of(k, self.rows);
         let raw_len = (range.end - range.start) as usize * self.layout.row_bytes;
-        let stored = &self.src[rec.offset as usize..rec.end() as usize];
         let raw = Arc::new(compress::decode(
-            stored,
+            self.stored(k),
             rec,
             self.layout,
             raw_len,
@@ -179,6 +178,12 @@ impl Reader<'_> {
         )?);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((k, raw.clone()));
         Ok(raw)
+    }
+
+    /// The stored bytes of block `k` (check_index checked that they lie in the file).
+    fn stored(&self, k: usize) -> &[u8] {
+        let rec = &self.index.blocks[k];
+        &self.src[rec.offset as usize..rec.end() as usize]
     }
 
     /// Copies physical rows `rows` (any order) into `out`, decoding each block once.
@@ -234,6 +239,12 @@ impl Reader<'_> {
             rest = tail;
         }
         tasks.into_par_iter().try_for_each(|(k, pieces, here)| {
+            let range = self.index.rows_of(k, self.rows);
+            if pieces[..] == [(range.start, range.end - range.start)] {
+                // The whole block: decoded straight into the output, with no copy.
+                let rec = &self.index.blocks[k];
+                return compress::decode_into(self.stored(k), rec, self.layout, here, self.what);
+            }
             let block = self.block(k)?;
             let base = k as u64 * br;
             let mut at = 0;

@@ -30,13 +30,15 @@ pub const DELTA_SHUFFLE: u8 = 2;
 pub const BITSHUFFLE: u8 = 3;
 pub const DELTA_BITSHUFFLE: u8 = 4;
 pub const DECIMAL: u8 = 5;
-pub const FILTER_NAMES: [&str; 6] = [
+pub const GCD: u8 = 6;
+pub const FILTER_NAMES: [&str; 7] = [
     "none",
     "shuffle",
     "delta+shuffle",
     "bitshuffle",
     "delta+bitshuffle",
     "decimal",
+    "gcd",
 ];
 /// The decimal filter's most decimal places, and its scales (exact in float64).
 const MAX_DECIMALS: u8 = 9;
@@ -84,9 +86,28 @@ pub fn unpack(bytes: &[u8]) -> Option<Vec<Record>> {
                 codec: c[20],
                 filter: c[21],
             };
-            (r.codec <= ZSTD && r.filter <= DECIMAL).then_some(r)
+            (r.codec <= ZSTD && r.filter <= GCD).then_some(r)
         })
         .collect()
+}
+
+macro_rules! by_unit {
+    (bytes $unit:expr, $f:ident, $($arg:expr),*) => {
+        match $unit {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
+    ($unit:expr, $f:ident, $($arg:expr),*) => {
+        match $unit {
+            1 => $f::<u8, 1>($($arg),*),
+            2 => $f::<u16, 2>($($arg),*),
+            4 => $f::<u32, 4>($($arg),*),
+            _ => $f::<u64, 8>($($arg),*),
+        }
+    };
 }
 
 /// The shape of a block's bytes: `rows x width` units of `unit` bytes.
@@ -131,12 +152,16 @@ pub fn encode_as(raw: &[u8], layout: Layout, level: i32, filter: Option<u8>) -> 
         Some(f) => f,
         None => pick_filter(raw, layout, level)?,
     };
-    // A group's decimal filter does not fit a block whose values are not such decimals: it
-    // takes delta+bitshuffle instead (FORMAT.md 7).
+    // A group's decimal (gcd) filter does not fit a block whose values are not such decimals
+    // (share no divisor): it takes delta+bitshuffle (bitshuffle) instead (FORMAT.md 7).
     let (filter, filtered) = match filter {
         DECIMAL => match apply_decimal(raw, layout) {
             Some(f) => (DECIMAL, Cow::Owned(f)),
             None => (DELTA_BITSHUFFLE, apply(raw, layout, DELTA_BITSHUFFLE)),
+        },
+        GCD => match apply_gcd(raw, layout) {
+            Some(f) => (GCD, Cow::Owned(f)),
+            None => (BITSHUFFLE, apply(raw, layout, BITSHUFFLE)),
         },
         f => (f, apply(raw, layout, f)),
     };
@@ -187,9 +212,15 @@ pub fn pick_filter(raw: &[u8], layout: Layout, level: i32) -> Result<u8> {
             best = (size, filter);
         }
     }
-    if let Some(f) = apply_decimal(sample, layout) {
-        if compress(&f, level)?.len() < best.0 {
-            best.1 = DECIMAL;
+    for (filter, filtered) in [
+        (DECIMAL, apply_decimal(sample, layout)),
+        (GCD, apply_gcd(sample, layout)),
+    ] {
+        if let Some(f) = filtered {
+            let size = compress(&f, level)?.len();
+            if size < best.0 {
+                best = (size, filter);
+            }
         }
     }
     Ok(best.1)
@@ -203,51 +234,112 @@ pub fn decode(
     raw_len: usize,
     what: &str,
 ) -> Result<Vec<u8>> {
+    // The size comes from metadata that may lie: the frame must agree with it before the
+    // buffer is allocated, and that fallibly (a failure is an error, not an abort).
+    check_frame(stored, record, layout, raw_len, what)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(raw_len)
+        .map_err(|_| Error::Corrupt(format!("{what}: cannot allocate {raw_len} bytes")))?;
+    out.resize(raw_len, 0);
+    decode_into(stored, record, layout, &mut out, what)?;
+    Ok(out)
+}
+
+/// Decodes one block straight into `out`, which holds exactly its raw bytes (a full load
+/// decodes each block into the array it returns), checking everything.
+pub fn decode_into(
+    stored: &[u8],
+    record: &Record,
+    layout: Layout,
+    out: &mut [u8],
+    what: &str,
+) -> Result<()> {
     let corrupt = |why: &str| Error::Corrupt(format!("{what}: {why}"));
-    let raw = match record.codec {
-        STORED_RAW if stored.len() == raw_len => stored.to_vec(),
-        STORED_RAW => return Err(corrupt("a raw block has the wrong size")),
-        _ => {
-            let want = filtered_len(raw_len, layout.unit, record.filter);
-            // A damaged header could claim any size: check it before anything is allocated.
-            // The frame must declare its size (FORMAT.md 7), or the buffer would be sized
-            // from the metadata alone.
-            match zstd::zstd_safe::get_frame_content_size(stored) {
-                Ok(Some(n)) if n == want as u64 => {}
-                Ok(Some(n)) => {
-                    return Err(corrupt(&format!(
-                        "a block's frame claims {n} bytes, not {want}"
-                    )))
-                }
-                Ok(None) => return Err(corrupt("a block's frame does not declare its size")),
-                Err(_) => return Err(corrupt("a block is not a zstd frame")),
+    let want = check_frame(stored, record, layout, out.len(), what)?;
+    let bad_frame = |e: std::io::Error| corrupt(&format!("a block does not decompress ({e})"));
+    match (record.codec, record.filter) {
+        (STORED_RAW, _) => out.copy_from_slice(stored),
+        (_, NO_FILTER) => {
+            if decompress_to(stored, out).map_err(bad_frame)? != want {
+                return Err(corrupt("a block decompresses to the wrong size"));
             }
-            if record.filter == DECIMAL && layout.unit != 8 {
-                return Err(corrupt(
-                    "a block of units other than 8 bytes has the decimal filter",
-                ));
-            }
-            let filtered = decompress(stored, want)
-                .map_err(|e| corrupt(&format!("a block does not decompress ({e})")))?;
+        }
+        (_, filter) => SCRATCH.with(|s| {
+            let mut filtered = s.borrow_mut();
+            filtered.clear();
+            filtered
+                .try_reserve_exact(want)
+                .map_err(|_| corrupt(&format!("cannot allocate {want} bytes")))?;
+            decompress_to(stored, &mut *filtered).map_err(bad_frame)?;
             if filtered.len() != want {
                 return Err(corrupt("a block decompresses to the wrong size"));
             }
-            if record.filter == DECIMAL && filtered[0] > MAX_DECIMALS {
+            if filter == DECIMAL && filtered[0] > MAX_DECIMALS {
                 return Err(corrupt("a decimal block claims more than 9 decimal places"));
             }
-            undo(filtered, layout, record.filter, raw_len)
-        }
-    };
-    if crc32fast::hash(&raw) != record.crc32 {
+            if filter == GCD && by_unit!(bytes layout.unit, gcd_of, &filtered).is_none() {
+                return Err(corrupt("a gcd block's divisor is below 2 or too large"));
+            }
+            undo(&filtered, layout, filter, out);
+            if filtered.capacity() > SCRATCH_KEPT {
+                *filtered = Vec::new();
+            }
+            Ok(())
+        })?,
+    }
+    if crc32fast::hash(out) != record.crc32 {
         return Err(corrupt("a block fails its CRC-32 check"));
     }
-    Ok(raw)
+    Ok(())
 }
+
+/// Checks what a block's record and the header of its frame say against the `raw_len` bytes
+/// it must decode to; returns the frame's (filtered) size.
+fn check_frame(
+    stored: &[u8],
+    record: &Record,
+    layout: Layout,
+    raw_len: usize,
+    what: &str,
+) -> Result<usize> {
+    let corrupt = |why: &str| Error::Corrupt(format!("{what}: {why}"));
+    if record.codec == STORED_RAW {
+        return match stored.len() == raw_len {
+            true => Ok(raw_len),
+            false => Err(corrupt("a raw block has the wrong size")),
+        };
+    }
+    let want = filtered_len(raw_len, layout.unit, record.filter);
+    // A damaged header could claim any size: check it before anything is allocated. The
+    // frame must declare its size (FORMAT.md 7), or the buffer would be sized from the
+    // metadata alone.
+    match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) if n == want as u64 => {}
+        Ok(Some(n)) => {
+            return Err(corrupt(&format!(
+                "a block's frame claims {n} bytes, not {want}"
+            )))
+        }
+        Ok(None) => return Err(corrupt("a block's frame does not declare its size")),
+        Err(_) => return Err(corrupt("a block is not a zstd frame")),
+    }
+    if record.filter == DECIMAL && layout.unit != 8 {
+        return Err(corrupt(
+            "a block of units other than 8 bytes has the decimal filter",
+        ));
+    }
+    Ok(want)
+}
+
+/// A thread's buffer for the filtered bytes of the blocks it decodes, kept between blocks
+/// unless a block of more than this many bytes grew it.
+const SCRATCH_KEPT: usize = 4 << 20;
 
 thread_local! {
     // zstd contexts hold megabytes of tables: one per thread, reused, instead of one per block.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
@@ -260,12 +352,12 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Decompresses one frame of at most `capacity` bytes. The capacity comes from metadata that
-/// may lie, so it is reserved fallibly: a failure is an error, not an abort.
-fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    out.try_reserve_exact(capacity)
-        .map_err(|_| std::io::Error::other(format!("cannot allocate {capacity} bytes")))?;
+/// Decompresses one frame into `out` (a slice, or a vector's spare capacity), which must have
+/// room for all of it; returns how many bytes it wrote.
+fn decompress_to<C: zstd::zstd_safe::WriteBuf + ?Sized>(
+    data: &[u8],
+    out: &mut C,
+) -> std::io::Result<usize> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
@@ -273,9 +365,8 @@ fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
         }
         d.as_mut()
             .expect("set above")
-            .decompress_to_buffer(data, &mut out)
-    })?;
-    Ok(out)
+            .decompress_to_buffer(data, out)
+    })
 }
 
 /// Bytes a filter turns `raw_len` bytes into: bit planes round up to whole bytes.
@@ -284,6 +375,8 @@ pub fn filtered_len(raw_len: usize, unit: usize, filter: u8) -> usize {
         BITSHUFFLE | DELTA_BITSHUFFLE => 8 * unit * (raw_len / unit.max(1)).div_ceil(8),
         // Its decimal places, then the integers' delta+bitshuffle.
         DECIMAL => 1 + 8 * unit * (raw_len / unit.max(1)).div_ceil(8),
+        // Its divisor (one unit), then the quotients' bitshuffle.
+        GCD => unit + 8 * unit * (raw_len / unit.max(1)).div_ceil(8),
         _ => raw_len,
     }
 }
@@ -336,46 +429,129 @@ fn apply_decimal(raw: &[u8], layout: Layout) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn undo(filtered: Vec<u8>, layout: Layout, filter: u8, raw_len: usize) -> Vec<u8> {
-    if filter == DECIMAL {
-        // decode() checked the unit (8) and the places (at most 9).
-        let s = POW10[filtered[0] as usize];
-        let mut ints = unbitshuffle(&filtered[1..], 8, raw_len);
-        undelta(&mut ints, layout);
-        for c in ints.chunks_exact_mut(8) {
-            let v = i64::from_le_bytes(c.try_into().unwrap());
-            c.copy_from_slice(&(v as f64 / s).to_le_bytes());
-        }
-        return ints;
-    }
-    let mut raw = match filter {
-        NO_FILTER => return filtered,
-        SHUFFLE | DELTA_SHUFFLE => unshuffle(&filtered, layout.unit),
-        _ => unbitshuffle(&filtered, layout.unit, raw_len),
-    };
-    if matches!(filter, DELTA_SHUFFLE | DELTA_BITSHUFFLE) {
-        undelta(&mut raw, layout);
-    }
-    raw
+/// The gcd filter (FORMAT.md 7): units read as signed integers whose magnitudes share a
+/// divisor `g` of at least 2 (the greatest) become their quotients, bit-shuffled, after `g`
+/// as one unit. None when they share none (or only one too large for a positive unit).
+fn apply_gcd(raw: &[u8], layout: Layout) -> Option<Vec<u8>> {
+    by_unit!(bytes layout.unit, gcd_units, raw)
 }
 
-macro_rules! by_unit {
-    (bytes $unit:expr, $f:ident, $($arg:expr),*) => {
-        match $unit {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            4 => $f::<4>($($arg),*),
-            _ => $f::<8>($($arg),*),
+fn gcd_units<const U: usize>(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut d: Option<Divisor> = None;
+    for c in raw.chunks_exact(U) {
+        let m = signed::<U>(c).unsigned_abs();
+        match &d {
+            Some(d) if d.divides(m) => {}
+            Some(old) => d = Some(Divisor::new(gcd(m, old.g)).filter(|d| d.g > 1)?),
+            None if m == 0 => {}
+            None => d = Divisor::new(m),
         }
-    };
-    ($unit:expr, $f:ident, $($arg:expr),*) => {
-        match $unit {
-            1 => $f::<u8, 1>($($arg),*),
-            2 => $f::<u16, 2>($($arg),*),
-            4 => $f::<u32, 4>($($arg),*),
-            _ => $f::<u64, 8>($($arg),*),
+    }
+    let d = d.filter(|d| d.g > 1 && d.g < 1 << (8 * U - 1))?;
+    let mut q = Vec::with_capacity(raw.len());
+    for c in raw.chunks_exact(U) {
+        q.extend_from_slice(&d.exact_div(signed::<U>(c)).to_le_bytes()[..U]);
+    }
+    let mut out = Vec::with_capacity(filtered_len(raw.len(), U, GCD));
+    out.extend_from_slice(&d.g.to_le_bytes()[..U]);
+    out.extend_from_slice(&bitshuffle(&q, U));
+    Some(out)
+}
+
+/// The divisor a gcd block starts with, when it is one the filter can have written.
+fn gcd_of<const U: usize>(filtered: &[u8]) -> Option<u64> {
+    let mut g = [0u8; 8];
+    g[..U].copy_from_slice(filtered.get(..U)?);
+    let g = u64::from_le_bytes(g);
+    (g > 1 && g < 1 << (8 * U - 1)).then_some(g)
+}
+
+/// Unit `c` (U little-endian bytes) as a signed integer.
+fn signed<const U: usize>(c: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    b[..U].copy_from_slice(c);
+    let shift = 64 - 8 * U as u32;
+    (i64::from_le_bytes(b) << shift) >> shift
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// `g = m * 2^s` with `m` odd: exact division by `g` is a shift and a multiplication by the
+/// inverse of `m` modulo 2^64, and so is the test that `g` divides (no hardware division).
+struct Divisor {
+    g: u64,
+    s: u32,
+    inv: u64,
+    max: u64,
+}
+
+impl Divisor {
+    fn new(g: u64) -> Option<Self> {
+        if g == 0 {
+            return None;
         }
-    };
+        let s = g.trailing_zeros();
+        let m = g >> s;
+        // Newton's iteration doubles the correct low bits: 3 (any odd m is its own inverse
+        // modulo 8), then 6, 12, 24, 48, 96.
+        let mut inv = m;
+        for _ in 0..5 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(m.wrapping_mul(inv)));
+        }
+        Some(Divisor {
+            g,
+            s,
+            inv,
+            max: u64::MAX / m,
+        })
+    }
+
+    fn divides(&self, x: u64) -> bool {
+        x.trailing_zeros() >= self.s && (x >> self.s).wrapping_mul(self.inv) <= self.max
+    }
+
+    /// `v / g` for a `v` that `g` divides.
+    fn exact_div(&self, v: i64) -> i64 {
+        (v >> self.s).wrapping_mul(self.inv as i64)
+    }
+}
+
+/// Undoes `filter` on `filtered` into `out` (the block's raw bytes). decode_into checked
+/// what a damaged block could get wrong: the unit of a decimal block, its places (at most 9),
+/// a gcd block's divisor.
+fn undo(filtered: &[u8], layout: Layout, filter: u8, out: &mut [u8]) {
+    match filter {
+        NO_FILTER => out.copy_from_slice(filtered),
+        SHUFFLE | DELTA_SHUFFLE => unshuffle_into(filtered, layout.unit, out),
+        BITSHUFFLE | DELTA_BITSHUFFLE => unbitshuffle_into(filtered, layout.unit, out),
+        DECIMAL => {
+            let s = POW10[filtered[0] as usize];
+            unbitshuffle_into(&filtered[1..], 8, out);
+            undelta(out, layout);
+            for c in out.chunks_exact_mut(8) {
+                let v = i64::from_le_bytes(c.try_into().unwrap());
+                c.copy_from_slice(&(v as f64 / s).to_le_bytes());
+            }
+        }
+        _ => by_unit!(bytes layout.unit, ungcd, filtered, out),
+    }
+    if matches!(filter, DELTA_SHUFFLE | DELTA_BITSHUFFLE) {
+        undelta(out, layout);
+    }
+}
+
+fn ungcd<const U: usize>(filtered: &[u8], out: &mut [u8]) {
+    let g = gcd_of::<U>(filtered).expect("decode_into checked it") as i64;
+    unbitshuffle_into(&filtered[U..], U, out);
+    for c in out.chunks_exact_mut(U) {
+        let v = signed::<U>(c).wrapping_mul(g);
+        c.copy_from_slice(&v.to_le_bytes()[..U]);
+    }
 }
 
 /// Byte `j` of unit `i` goes to `j * n + i` (n units in all).
@@ -397,14 +573,14 @@ fn shuffle(src: &[u8], unit: usize) -> Vec<u8> {
     out
 }
 
-fn unshuffle(src: &[u8], unit: usize) -> Vec<u8> {
+/// Undoes `shuffle` into `out`, as long as `src`.
+fn unshuffle_into(src: &[u8], unit: usize, out: &mut [u8]) {
     if unit < 2 {
-        return src.to_vec();
+        return out.copy_from_slice(src);
     }
     let n = src.len() / unit;
-    let mut out = vec![0u8; src.len()];
     #[cfg(target_arch = "x86_64")]
-    let done = by_unit!(bytes unit, sse2_unshuffle, src, &mut out);
+    let done = by_unit!(bytes unit, sse2_unshuffle, src, out);
     #[cfg(not(target_arch = "x86_64"))]
     let done = 0;
     for (i, u) in out.chunks_exact_mut(unit).enumerate().skip(done) {
@@ -412,7 +588,6 @@ fn unshuffle(src: &[u8], unit: usize) -> Vec<u8> {
             *b = src[j * n + i];
         }
     }
-    out
 }
 
 /// Transposes an 8x8 bit matrix: bit `c` of byte `r` becomes bit `r` of byte `c`.
@@ -475,16 +650,20 @@ fn bitshuffle_units<const U: usize>(src: &[u8], out: &mut [u8], plane: usize, fr
     }
 }
 
-fn unbitshuffle(src: &[u8], unit: usize, raw_len: usize) -> Vec<u8> {
+/// Undoes `bitshuffle` into `out`, the units' bytes without the padding of the planes.
+fn unbitshuffle_into(src: &[u8], unit: usize, out: &mut [u8]) {
     let plane = src.len() / (8 * unit);
-    let mut out = vec![0u8; 8 * unit * plane];
+    if out.len() != 8 * unit * plane {
+        // A last partial group of units: its padding needs room.
+        let mut padded = vec![0u8; 8 * unit * plane];
+        unbitshuffle_into(src, unit, &mut padded);
+        return out.copy_from_slice(&padded[..out.len()]);
+    }
     #[cfg(target_arch = "x86_64")]
-    let done = by_unit!(bytes unit, sse2_unbitshuffle, src, &mut out, plane);
+    let done = by_unit!(bytes unit, sse2_unbitshuffle, src, out, plane);
     #[cfg(not(target_arch = "x86_64"))]
     let done = 0;
-    by_unit!(bytes unit, unbitshuffle_units, src, &mut out, plane, done);
-    out.truncate(raw_len);
-    out
+    by_unit!(bytes unit, unbitshuffle_units, src, out, plane, done);
 }
 
 /// Groups `from..` of `unbitshuffle`.
@@ -600,7 +779,9 @@ mod tests {
             for filter in 0..=DELTA_BITSHUFFLE {
                 let f = apply(&raw, layout, filter).into_owned();
                 assert_eq!(f.len(), filtered_len(raw.len(), unit, filter));
-                assert_eq!(undo(f, layout, filter, raw.len()), raw);
+                let mut back = vec![0u8; raw.len()];
+                undo(&f, layout, filter, &mut back);
+                assert_eq!(back, raw);
             }
         }
     }
@@ -658,8 +839,11 @@ mod tests {
                 by_unit!(bytes unit, unbitshuffle_units, &planes, &mut scalar, plane, 0);
                 scalar.truncate(src.len());
                 assert_eq!(scalar, src, "unit {unit}, {n} units");
-                assert_eq!(unbitshuffle(&planes, unit, src.len()), src);
-                assert_eq!(unshuffle(&shuffle(&src, unit), unit), src);
+                let mut back = vec![0u8; src.len()];
+                unbitshuffle_into(&planes, unit, &mut back);
+                assert_eq!(back, src);
+                unshuffle_into(&shuffle(&src, unit), unit, &mut back);
+                assert_eq!(back, src);
             }
         }
     }
@@ -713,6 +897,67 @@ mod tests {
         assert!(decode(&frame, &rec, layout, raw.len(), "t").is_err());
         let four = Layout::new("<i4", 4, 4);
         assert!(decode(&frame, &rec, four, raw.len(), "t").is_err());
+    }
+
+    #[test]
+    fn gcd_blocks_round_trip_and_others_are_refused() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for unit in [1usize, 2, 4, 8] {
+            let layout = Layout::new("<i8", unit, unit);
+            let bits = 8 * unit as u32;
+            let min = i64::MIN >> (64 - bits);
+            // Multiples of g, negative ones and the most negative unit among them.
+            for g in [2i64, 3, 5, 1 << (bits - 3)] {
+                let mut v: Vec<i64> = (0..3000).map(|_| ((next() % 7) as i64 - 3) * g).collect();
+                v[7] = min / g * g;
+                let raw: Vec<u8> = v
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes()[..unit].to_vec())
+                    .collect();
+                let enc = encode_as(&raw, layout, 3, Some(GCD)).unwrap();
+                assert_eq!(enc.record.filter, GCD, "unit {unit} g {g}");
+                let back = decode(&enc.bytes, &enc.record, layout, raw.len(), "t").unwrap();
+                assert_eq!(back, raw, "unit {unit} g {g}");
+            }
+            // No common divisor, all zeros, and only the most negative unit (whose divisor
+            // does not fit a positive unit): bitshuffle instead, exactly.
+            let odd: Vec<u8> = (0..3000u64)
+                .flat_map(|i| (2 * i + 1).to_le_bytes()[..unit].to_vec())
+                .collect();
+            let mins: Vec<u8> = (0..3000)
+                .flat_map(|i| ((i % 2) * min).to_le_bytes()[..unit].to_vec())
+                .collect();
+            for raw in [odd, vec![0u8; 3000 * unit], mins] {
+                assert!(apply_gcd(&raw, layout).is_none());
+                let enc = encode_as(&raw, layout, 3, Some(GCD)).unwrap();
+                assert_ne!(enc.record.filter, GCD);
+                let back = decode(&enc.bytes, &enc.record, layout, raw.len(), "t").unwrap();
+                assert_eq!(back, raw);
+            }
+        }
+        // Volumes in lots of 100 pick it; a divisor below 2 is damage, not a read.
+        let layout = Layout::new("<i4", 4, 4);
+        let raw: Vec<u8> = (0..16384)
+            .flat_map(|_| ((next() % 9) as i32 * 100).to_le_bytes())
+            .collect();
+        let enc = encode(&raw, layout, 3).unwrap();
+        assert_eq!(enc.record.filter, GCD);
+        for g in [0u32, 1, 1 << 31] {
+            let mut bad = apply_gcd(&raw, layout).unwrap();
+            bad[..4].copy_from_slice(&g.to_le_bytes());
+            let frame = compress(&bad, 3).unwrap();
+            let rec = Record {
+                size: frame.len() as u64,
+                ..enc.record
+            };
+            assert!(decode(&frame, &rec, layout, raw.len(), "t").is_err());
+        }
     }
 
     #[test]
