@@ -611,11 +611,22 @@ def main(argv=None) -> None:
         rows = []
         for b in backends:
             for t, what, target, includes in (
-                (one, "getitem 1 random row", "under 200 us: ", "store reopened before each"),
-                (grow, f"append {K_GATHER} rows", "at most 2x the time: ", "store kept open"),
+                (
+                    one,
+                    "getitem 1 random row",
+                    "under 200 us: ",
+                    "reopened before each call (untimed)",
+                ),
+                (
+                    grow,
+                    f"append {K_GATHER} rows",
+                    "at most 2x the time: ",
+                    "kept open, the array growing",
+                ),
             ):
                 raw_t, z_t = t[f"{b} raw"], t[f"{b} zstd"]
                 met = z_t < 200e-6 if t is one else z_t <= 2 * raw_t
+                target += verdict(met) if b == "rust" else "reported only"
                 rows.append(
                     {
                         "operation": f"{what} of {shape_str(arr)} float64 bars",
@@ -623,8 +634,8 @@ def main(argv=None) -> None:
                         "uncompressed": fmt_time(raw_t),
                         "compressed": fmt_time(z_t),
                         "compressed / uncompressed": f"{z_t / raw_t:.1f}x the time",
-                        "issue 11's target (rust)": target + verdict(met),
-                        "includes": f"{includes} call (untimed); {gather_repeat} rounds",
+                        "issue 11's target (rust)": target,
+                        "includes": f"store {includes}; {gather_repeat} rounds",
                     }
                 )
         cols = pair_cols[:5] + ["issue 11's target (rust)", "includes"]

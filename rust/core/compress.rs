@@ -413,8 +413,10 @@ fn apply_decimal(raw: &[u8], layout: Layout) -> Option<Vec<u8>> {
         units().all(|x| {
             let p = x * s;
             // NaN and the infinities fail the first test, -0.0 the last (its integer is 0).
+            // Below 2^53, `p` is an integer when its i64 converts back to it (two SSE2
+            // conversions, where `trunc` would call libm on baseline x86_64).
             p.abs() <= 9_007_199_254_740_992.0
-                && p == p.trunc()
+                && (p as i64) as f64 == p
                 && ((p as i64) as f64 / s).to_bits() == x.to_bits()
         })
     })?;
