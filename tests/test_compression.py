@@ -206,9 +206,31 @@ def _unfilter(data: bytes, filt: int, rows: int, u: int, raw_size: int) -> bytes
     return data
 
 
+def _compress(filtered: bytes, filt: int, u: int, level: int) -> bytes:
+    """FORMAT.md section 7's writer: one zstd frame declaring its size; after shuffle (delta or
+    not) and gcd, a flush ends a zstd block after each byte position's bytes (gcd's divisor
+    goes with the first)."""
+    cctx = zstandard.ZstdCompressor(level=level)
+    prefix = u if filt == 6 else 0
+    if filt not in (1, 2, 6) or u == 1:
+        return cctx.compress(filtered)
+    part = (len(filtered) - prefix) // u
+    cuts = [0] + [prefix + k * part for k in range(1, u)] + [len(filtered)]
+    o = cctx.compressobj(size=len(filtered))
+    out = b""
+    for k in range(u):
+        out += o.compress(filtered[cuts[k] : cuts[k + 1]])
+        last = k == u - 1
+        out += o.flush(
+            zstandard.COMPRESSOBJ_FLUSH_FINISH if last else zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        )
+    return out
+
+
 def _decode_physical(path, entry, writer_rule: bool = True) -> tuple[np.ndarray, dict]:
     """Every physical row of a compressed array, decoded by hand as FORMAT.md section 7 says;
-    and the filter counts. `writer_rule`: a zstd block must be smaller than its raw bytes."""
+    and the filter counts. `writer_rule`: a zstd block must be smaller than its raw bytes and
+    compressed as the writer compresses (section 7)."""
     comp = entry["compression"]
     assert comp["codec"] == "zstd"
     block_rows = comp["block_rows"]
@@ -238,6 +260,9 @@ def _decode_physical(path, entry, writer_rule: bool = True) -> tuple[np.ndarray,
             want = _filtered_size(raw_size, filt, _unit(dtype))
             frame = zstandard.ZstdDecompressor().decompress(stored, max_output_size=want)
             assert len(frame) == want
+            if writer_rule:
+                again = _compress(frame, filt, _unit(dtype), comp["level"])
+                assert again == stored, f"block {k} is not compressed as FORMAT.md 7 says"
             raw = _unfilter(frame, filt, rows, _unit(dtype), raw_size)
             counts[FILTER_NAMES[filt]] += 1
         assert zlib.crc32(raw) == crc, f"block {k}: CRC-32 mismatch"
@@ -846,7 +871,7 @@ def test_filter_groups_share_one_pick_alike_on_both_backends(tmp_path):
         require_backend(b)
     br = 1 << 15  # int64 rows: 256 KiB blocks, 4 to a group
     ts = _timestamps(12 * br)
-    noise = np.random.default_rng(5).integers(0, 2**63, 12 * br)
+    noise = np.random.default_rng(5).integers(0, 2**64, 12 * br, np.uint64).view(np.int64)
     # Group 0 steady timestamps; group 1 timestamps but noise in its first block; group 2 noise.
     arr = np.concatenate([ts[: 4 * br], noise[:br], ts[5 * br : 8 * br], noise[8 * br :]])
     files = {}

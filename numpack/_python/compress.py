@@ -65,6 +65,33 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return c
 
 
+def _compress(filtered, level: int, unit: int, f: int) -> bytes:
+    """One zstd frame of a block's filtered bytes, declaring its size (FORMAT.md 7). After a
+    byte shuffle or the gcd filter, the bytes of each of the `unit` byte positions follow one
+    another (after gcd's divisor), and each gets a zstd block of its own (a flush ends one),
+    so each has its own entropy tables: an exponent byte and a random mantissa byte share
+    none."""
+    data = memoryview(filtered).cast("B")
+    parts, prefix = {SHUFFLE: (unit, 0), DELTA_SHUFFLE: (unit, 0), GCD: (unit, unit)}.get(f, (1, 0))
+    part = (len(data) - prefix) // parts
+    c = _compressor(level)
+    if parts < 2 or part == 0:
+        return c.compress(data)
+    o = c.compressobj(size=len(data))
+    out = []
+    for k in range(parts):
+        start = 0 if k == 0 else prefix + k * part
+        out.append(o.compress(data[start : prefix + (k + 1) * part if k + 1 < parts else None]))
+        out.append(
+            o.flush(
+                zstandard.COMPRESSOBJ_FLUSH_BLOCK
+                if k + 1 < parts
+                else zstandard.COMPRESSOBJ_FLUSH_FINISH
+            )
+        )
+    return b"".join(out)
+
+
 def _decompressor() -> zstandard.ZstdDecompressor:
     d = getattr(_local, "decompressor", None)
     if d is None:
@@ -226,11 +253,17 @@ def choose_filter(raw: np.ndarray, rows: int, row_bytes: int, unit: int, level: 
     if n >= 2:  # delta of a single row changes nothing
         candidates += [DELTA_SHUFFLE, DELTA_BITSHUFFLE]
     sample = raw[: n * row_bytes]
-    c = _compressor(level)
-    size, best = min((len(c.compress(_apply(sample, n, unit, f))), f) for f in candidates)
-    for f, filtered in ((DECIMAL, _decimal(sample, n, unit)), (GCD, _gcd(sample, unit))):
-        if filtered is not None and len(c.compress(filtered)) < size:
-            size, best = len(c.compress(filtered)), f
+    size, best = min(
+        (len(_compress(_apply(sample, n, unit, f), level, unit, f)), f) for f in candidates
+    )
+    # Decimals are floats: a divisor of their bit patterns is only a shift, which the bit
+    # planes of their integers already make free.
+    decimal = _decimal(sample, n, unit)
+    gcd = _gcd(sample, unit) if decimal is None else None
+    for f, filtered in ((DECIMAL, decimal), (GCD, gcd)):
+        stored = len(_compress(filtered, level, unit, f)) if filtered is not None else size
+        if stored < size:
+            size, best = stored, f
     return best
 
 
@@ -257,7 +290,7 @@ def encode_block(raw, rows: int, row_bytes: int, unit: int, level: int, f=None) 
         # (FORMAT.md 7).
         f = {DECIMAL: DELTA_BITSHUFFLE, GCD: BITSHUFFLE}.get(f, f)
         filtered = _apply(raw, rows, unit, f)
-    stored = _compressor(level).compress(filtered)
+    stored = _compress(filtered, level, unit, f)
     if len(stored) >= raw.nbytes:
         return raw, STORED_RAW, NONE, crc
     return stored, ZSTD, f, crc
