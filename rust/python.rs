@@ -440,6 +440,18 @@ impl Buffer {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // One decoding thread more than there are cores: the caller blocks while the pool decodes,
+    // and after another library's threads ran (blosc2's, say) the kernel tended to wake both
+    // workers of a two-core machine on one core, so full loads ran at one core's speed until
+    // it moved one (benchmarks/bench_compress.py, where calls of all libraries interleave). A
+    // spare worker always finds the idle core. RAYON_NUM_THREADS, when set, still decides.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Fails only when the pool already exists, and then it is already sized.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(cores + 1)
+            .build_global();
+    }
     m.add_class::<Store>()?;
     m.add_class::<View>()?;
     m.add_class::<Buffer>()?;

@@ -25,7 +25,7 @@ const BLOCK: usize = 1 << 16;
 const CALLS: usize = 2000;
 const ROUNDS: usize = 15;
 
-type Case<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+type Case<'a> = Box<dyn FnMut() + 'a>;
 
 fn ours<const U: usize>(op: &str, src: &[u8], out: &mut [u8]) {
     let plane = src.len() / (8 * U);
@@ -88,31 +88,23 @@ fn run<const U: usize>(op: &'static str, raw: &[u8]) {
     ours::<U>(op, &src, &mut a);
     blosc(op, U, &src, &mut b);
     let same_layout = a == b;
+    // numpack, c-blosc2, then byteshuffle (byte shuffles only): the table's columns.
     let mut cases: Vec<Case> = vec![
-        (
-            "numpack",
-            Box::new(|| ours::<U>(op, black_box(&src), black_box(&mut a))),
-        ),
-        (
-            "c-blosc2",
-            Box::new(|| blosc(op, U, black_box(&src), black_box(&mut b))),
-        ),
+        Box::new(|| ours::<U>(op, black_box(&src), black_box(&mut a))),
+        Box::new(|| blosc(op, U, black_box(&src), black_box(&mut b))),
     ];
     if !op.contains("bit") {
-        cases.push((
-            "byteshuffle",
-            Box::new(|| match op {
-                "shuffle" => byteshuffle::shuffle_into(U, black_box(&src), black_box(&mut c)),
-                _ => byteshuffle::unshuffle_into(U, black_box(&src), black_box(&mut c)),
-            }),
-        ));
+        cases.push(Box::new(|| match op {
+            "shuffle" => byteshuffle::shuffle_into(U, black_box(&src), black_box(&mut c)),
+            _ => byteshuffle::unshuffle_into(U, black_box(&src), black_box(&mut c)),
+        }));
     }
     let (k, mut times) = (cases.len(), vec![Vec::new(); cases.len()]);
     for r in 0..ROUNDS {
         for i in (0..k).map(|i| (i + r) % k) {
             let t = Instant::now();
             for _ in 0..CALLS {
-                (cases[i].1)();
+                (cases[i])();
             }
             times[i].push(t.elapsed().as_secs_f64());
         }
@@ -124,9 +116,9 @@ fn run<const U: usize>(op: &'static str, raw: &[u8]) {
             (CALLS * BLOCK) as f64 / t[ROUNDS / 2] / 1e6
         })
         .collect();
-    let mut row = format!("| {op} | {U} |");
-    for (i, (name, _)) in cases.iter().enumerate() {
-        row += &format!(" {name} {:.0} ({:.2}x) |", mbs[i], mbs[i] / mbs[0]);
+    let mut row = format!("| {op} | {U} | {:.0} |", mbs[0]);
+    for m in &mbs[1..] {
+        row += &format!(" {m:.0} ({:.2}x) |", m / mbs[0]);
     }
     if cases.len() == 2 {
         row += " |";
