@@ -15,7 +15,9 @@ calls take a millisecond or less, get 4 times the rounds):
   blocks the rows fall in) to gather, 2 threads to compress and decompress (the machine may
   have more cores), chunk and block shapes left to blosc2. Three configurations: blosc2's
   default (`blosc2.CParams()`, named in the table by what it is; in blosc2 4.15, zstd level 5
-  + byte shuffle), and zstd at numpack's level with byte shuffle, then with bitshuffle;
+  + byte shuffle), and zstd at numpack's level with byte shuffle, then with bitshuffle. The
+  levels are blosc2's: c-blosc2 runs zstd at level 2c - 1 for its level c below 9, so its
+  level 3 is zstd's 5 and its default 5 is zstd's 9 (numpack's 3 is zstd's 3);
 - zarr v3: `zarr.create_array(path, data=arr, compressors=ZstdCodec(level), overwrite=True)`
   into a local directory, zstd at numpack's level and no filter, chunks of whole rows of about
   1 MiB (at least one row); `[:]` to load and `oindex[rows]` to gather;

@@ -18,7 +18,7 @@ DEFAULT_LEVEL = 3
 # blocks that share the filter picked on the first one's sample (trying every candidate on
 # each small block would cost more than compressing it).
 DEFAULT_BLOCK_BYTES = 1 << 16
-SAMPLE_BYTES = 1 << 15
+SAMPLE_BYTES = 1 << 14
 FILTER_GROUP_BYTES = 1 << 20
 
 # Raw bytes a zstd frame can decode to per stored byte, at most: every block of a frame

@@ -16,7 +16,7 @@ pub const CODEC: &str = "zstd";
 /// rows costs a block each.
 pub const DEFAULT_BLOCK_BYTES: usize = 1 << 16;
 /// Raw bytes of the sample each candidate filter is tried on.
-const SAMPLE_BYTES: usize = 1 << 15;
+const SAMPLE_BYTES: usize = 1 << 14;
 /// Raw bytes of the blocks that share one filter, picked on the first one's sample: trying
 /// every candidate on each small block would cost more than compressing it.
 const FILTER_GROUP_BYTES: usize = 1 << 20;
