@@ -232,7 +232,7 @@ def dask_reduction(gb: float, repeat: int) -> list[dict]:
         np.save(npy, arr)
         with NumPack(os.path.join(d, "store")) as npk:
             npk.save({"raw": arr})
-            npk.save({"packed": arr}, compress=True)
+            npk.save({"compressed": arr}, compress=True)
         expected = float(arr.sum(dtype=np.float64))
         del arr
         table = []
@@ -242,7 +242,7 @@ def dask_reduction(gb: float, repeat: int) -> list[dict]:
             ) as cluster,
             Client(cluster) as client,
         ):
-            for name in ("raw", "packed"):
+            for name in ("raw", "compressed"):
                 darr = nio.to_dask(os.path.join(d, "store"), name)
 
                 def npk_load(name: str = name) -> float:
