@@ -164,15 +164,9 @@ def _filter(raw: bytes, filt: int, rows: int, u: int) -> bytes:
 
 def _filtered_size(raw_size: int, filt: int, u: int) -> int:
     planes = 8 * u * _ceil_div(raw_size // u, 8)
-    return (
-        planes
-        if filt in BITS
-        else 1 + planes
-        if filt == 5
-        else u + planes
-        if filt == 6
-        else raw_size
-    )
+    if filt in BITS:
+        return planes
+    return {5: 1 + planes, 6: u + planes}.get(filt, raw_size)  # d, or g, first
 
 
 def _unfilter(data: bytes, filt: int, rows: int, u: int, raw_size: int) -> bytes:

@@ -155,15 +155,9 @@ def filtered_size(size: int, unit: int, f: int) -> int:
     """Bytes a filter turns `size` raw bytes into: bit planes round up to whole bytes, the
     decimal filter puts its decimal places first and the gcd filter its divisor (a unit)."""
     planes = 8 * unit * -(-(size // unit) // 8)
-    return (
-        planes
-        if f in _BITS
-        else 1 + planes
-        if f == DECIMAL
-        else unit + planes
-        if f == GCD
-        else size
-    )
+    if f in _BITS:
+        return planes
+    return {DECIMAL: 1 + planes, GCD: unit + planes}.get(f, size)
 
 
 def _delta(b: np.ndarray, rows: int, unit: int) -> np.ndarray:
