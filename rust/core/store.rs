@@ -785,6 +785,16 @@ impl Store {
             self.maps.insert(e.file.clone(), map.clone());
             return Ok(Some(map));
         }
+        let file = self.data_file(e, len as u64)?;
+        // SAFETY: numpack never truncates a data file that metadata references (FORMAT.md 3),
+        // so the mapped range stays backed by the file for the mapping's lifetime.
+        let map = Arc::new(unsafe { MmapOptions::new().len(len).map(&file)? });
+        self.maps.insert(e.file.clone(), map.clone());
+        Ok(Some(map))
+    }
+
+    /// The data file of `e`, opened for reading: a regular file of at least `len` bytes.
+    fn data_file(&self, e: &Entry, len: u64) -> Result<File> {
         let path = self.dir.join(&e.file);
         // Not opened unless a regular file: opening a FIFO put there would block forever.
         if fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
@@ -803,18 +813,14 @@ impl Store {
             _ => err.into(),
         })?;
         let actual = file.metadata()?.len();
-        if actual < len as u64 {
+        if actual < len {
             return Err(Error::Corrupt(format!(
                 "{}: data file of array {:?} holds {actual} bytes, the metadata says {len}",
                 path.display(),
                 e.name
             )));
         }
-        // SAFETY: numpack never truncates a data file that metadata references (FORMAT.md 3),
-        // so the mapped range stays backed by the file for the mapping's lifetime.
-        let map = Arc::new(unsafe { MmapOptions::new().len(len).map(&file)? });
-        self.maps.insert(e.file.clone(), map.clone());
-        Ok(Some(map))
+        Ok(file)
     }
 
     /// A writable shared mapping of at least the first `len` (> 0) bytes of a data file.
@@ -1010,10 +1016,10 @@ impl Store {
                     ..Default::default()
                 };
                 if let Some(index) = e.compressed()? {
-                    let view = s.view(item.name)?;
-                    update.blocks = view.append_blocks(&path, &index, item)?;
-                    // Their references to the index would make `push` copy it whole.
-                    drop((view, index));
+                    let file = s.data_file(&e, index.end)?;
+                    update.blocks = append_blocks(&path, &file, &e, &index, item)?;
+                    // Its reference to the index would make `push` copy it whole.
+                    drop(index);
                 } else {
                     let file = OpenOptions::new().write(true).open(&path)?;
                     let end = e.physical_bytes();
@@ -1291,6 +1297,49 @@ fn append_to(path: &Path, encoded: Vec<compress::Encoded>) -> Result<Vec<compres
     blocks::write(&mut file, at, encoded)
 }
 
+/// Appends `item`'s rows to compressed array `e` (of data file `path`): re-encodes its last
+/// block if partial and writes the new blocks at the end of the file. Returns the block
+/// records to set. The last block is read on its own: mapping the file and checking every
+/// block's frame, as a view does, would make each append cost the whole array.
+fn append_blocks(
+    path: &Path,
+    file: &File,
+    e: &Entry,
+    index: &Compressed,
+    item: &Item,
+) -> Result<Vec<(u64, compress::Record)>> {
+    if item.shape[0] == 0 {
+        return Ok(Vec::new());
+    }
+    let (layout, rows) = (e.layout(), e.shape[0] + item.shape[0]);
+    let full = (e.shape[0] / index.block_rows) as usize;
+    let (mut raw, mut keep) = (Vec::new(), None);
+    if let Some(old) = index.blocks.get(full) {
+        let what = format!("{} (array {:?})", path.display(), e.name);
+        let raw_len = (e.shape[0] - full as u64 * index.block_rows) as usize * layout.row_bytes;
+        // `data_file` checked that the file holds every block, and the index was checked
+        // when it was read (FORMAT.md 7): the size is bounded by the file's, the frame is
+        // checked by `decode`.
+        let mut stored = vec![0u8; old.size as usize];
+        file.read_exact_at(&mut stored, old.offset)?;
+        raw = compress::decode(&stored, old, layout, raw_len, &what)?;
+        // The refilled block keeps its filter, as a replaced one does (FORMAT.md 7).
+        keep = (old.codec == compress::ZSTD).then_some(old.filter);
+    }
+    raw.extend_from_slice(item.data);
+    let tail_rows = rows - full as u64 * index.block_rows;
+    let encoded = blocks::encode_rows(
+        &raw,
+        tail_rows,
+        layout,
+        (index.level, index.block_rows),
+        full,
+        keep,
+    )?;
+    let records = append_to(path, encoded)?;
+    Ok(numbered(full, records))
+}
+
 /// The bytes of `file` from `offset` to its end.
 fn read_from(file: &File, offset: u64) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
@@ -1345,40 +1394,6 @@ impl View {
             what: &self.what,
             last: &self.last_block,
         }
-    }
-
-    /// Appends `item`'s rows to a compressed array: re-encodes its last block if partial and
-    /// writes the new blocks at the end of the file. Returns the block records to set.
-    fn append_blocks(
-        &self,
-        path: &Path,
-        index: &Compressed,
-        item: &Item,
-    ) -> Result<Vec<(u64, compress::Record)>> {
-        if item.shape[0] == 0 {
-            return Ok(Vec::new());
-        }
-        let rows = self.physical_rows + item.shape[0];
-        let full = (self.physical_rows / index.block_rows) as usize;
-        let (mut raw, mut keep) = (Vec::new(), None);
-        if full < index.blocks.len() {
-            raw = self.reader(index).block(full)?.to_vec();
-            // The refilled block keeps its filter, as a replaced one does (FORMAT.md 7).
-            let old = index.blocks[full];
-            keep = (old.codec == compress::ZSTD).then_some(old.filter);
-        }
-        raw.extend_from_slice(item.data);
-        let tail_rows = rows - full as u64 * index.block_rows;
-        let encoded = blocks::encode_rows(
-            &raw,
-            tail_rows,
-            self.layout,
-            (index.level, index.block_rows),
-            full,
-            keep,
-        )?;
-        let records = append_to(path, encoded)?;
-        Ok(numbered(full, records))
     }
 
     /// Writes `data` into physical rows of a compressed array by appending new versions of the
