@@ -1299,8 +1299,8 @@ fn append_to(path: &Path, encoded: Vec<compress::Encoded>) -> Result<Vec<compres
 
 /// Appends `item`'s rows to compressed array `e` (of data file `path`): re-encodes its last
 /// block if partial and writes the new blocks at the end of the file. Returns the block
-/// records to set. The last block is read on its own: mapping the file and checking every
-/// block's frame, as a view does, would make each append cost the whole array.
+/// records to set. The last block is read on its own: a view maps the file again whenever it
+/// has grown, so each append paid a map and an unmap (with its TLB shootdown) of the file.
 fn append_blocks(
     path: &Path,
     file: &File,
