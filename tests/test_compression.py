@@ -929,29 +929,35 @@ def test_values_that_are_not_decimals_round_trip_exactly(store):
     check_on_disk(store, "a", arr)
 
 
-def test_decimal_places_above_9_are_corrupt(backend, store_path):
-    """A decimal block whose first byte claims more than 9 places is CorruptStoreError, on
-    every read."""
-    arr = _prices(1000)
+def _reads_fail_with_filtered_head(backend, store_path, arr, filt, head, match):
+    """Saves `arr` (one compressed block of filter `filt`), then writes that block again with
+    its filtered bytes starting with `head` instead (CRC and record otherwise kept): every
+    read must be CorruptStoreError matching `match`."""
     with NumPack(store_path, backend=backend) as npk:
         npk.save({"a": arr}, compress=True)
     meta = read_metadata(store_path)
     [entry] = [e for e in meta["arrays"] if e["name"] == "a"]
-    [(offset, size, crc, codec, filt, _)] = _records(entry)
-    assert filt == 5
+    [(offset, size, crc, codec, f, _)] = _records(entry)
+    assert f == filt
     path = store_path / entry["file"]
     stored = path.read_bytes()[offset : offset + size]
     frame = zstandard.ZstdDecompressor().decompress(stored)
-    bad = zstandard.ZstdCompressor(level=3).compress(b"\x0a" + frame[1:])
+    bad = zstandard.ZstdCompressor(level=3).compress(head + frame[len(head) :])
     end = os.path.getsize(path)
-    with open(path, "ab") as f:
-        f.write(bad)
+    with open(path, "ab") as fh:
+        fh.write(bad)
     entry["compression"]["blocks"] = _pack_records([(end, len(bad), crc, codec, filt, 0)])
     write_metadata(store_path, meta)
     with NumPack(store_path, backend=backend) as npk:
         for call in (lambda: npk.load("a"), lambda: npk.getitem("a", [3])):
-            with pytest.raises(CorruptStoreError, match="decimal places"):
+            with pytest.raises(CorruptStoreError, match=match):
                 call()
+
+
+def test_decimal_places_above_9_are_corrupt(backend, store_path):
+    """A decimal block whose first byte claims more than 9 places is CorruptStoreError, on
+    every read."""
+    _reads_fail_with_filtered_head(backend, store_path, _prices(1000), 5, b"\x0a", "decimal places")
 
 
 def test_integers_sharing_a_divisor_take_the_gcd_filter(store):
@@ -996,25 +1002,8 @@ def test_gcd_divisors_that_cannot_be_written_are_corrupt(backend, store_path, di
     """A gcd block whose divisor is below 2, or too large for a positive unit, is
     CorruptStoreError on every read."""
     arr = np.random.default_rng(0).poisson(3.0, 1000).astype(np.int32) * 100
-    with NumPack(store_path, backend=backend) as npk:
-        npk.save({"a": arr}, compress=True)
-    meta = read_metadata(store_path)
-    [entry] = [e for e in meta["arrays"] if e["name"] == "a"]
-    [(offset, size, crc, codec, filt, _)] = _records(entry)
-    assert filt == 6
-    path = store_path / entry["file"]
-    stored = path.read_bytes()[offset : offset + size]
-    frame = zstandard.ZstdDecompressor().decompress(stored)
-    bad = zstandard.ZstdCompressor(level=3).compress(divisor.to_bytes(4, "little") + frame[4:])
-    end = os.path.getsize(path)
-    with open(path, "ab") as f:
-        f.write(bad)
-    entry["compression"]["blocks"] = _pack_records([(end, len(bad), crc, codec, filt, 0)])
-    write_metadata(store_path, meta)
-    with NumPack(store_path, backend=backend) as npk:
-        for call in (lambda: npk.load("a"), lambda: npk.getitem("a", [3])):
-            with pytest.raises(CorruptStoreError, match="divisor"):
-                call()
+    head = divisor.to_bytes(4, "little")
+    _reads_fail_with_filtered_head(backend, store_path, arr, 6, head, "divisor")
 
 
 def test_incompressible_data_is_stored_raw(store):

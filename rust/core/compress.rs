@@ -241,12 +241,12 @@ pub fn decode(
 ) -> Result<Vec<u8>> {
     // The size comes from metadata that may lie: the frame must agree with it before the
     // buffer is allocated, and that fallibly (a failure is an error, not an abort).
-    check_frame(stored, record, layout, raw_len, what)?;
+    let want = check_frame(stored, record, layout, raw_len, what)?;
     let mut out = Vec::new();
     out.try_reserve_exact(raw_len)
         .map_err(|_| Error::Corrupt(format!("{what}: cannot allocate {raw_len} bytes")))?;
     out.resize(raw_len, 0);
-    decode_into(stored, record, layout, &mut out, what)?;
+    fill(stored, record, layout, &mut out, want, what)?;
     Ok(out)
 }
 
@@ -259,8 +259,20 @@ pub fn decode_into(
     out: &mut [u8],
     what: &str,
 ) -> Result<()> {
-    let corrupt = |why: &str| Error::Corrupt(format!("{what}: {why}"));
     let want = check_frame(stored, record, layout, out.len(), what)?;
+    fill(stored, record, layout, out, want, what)
+}
+
+/// `decode_into` once `check_frame` has passed and given the frame's size, `want`.
+fn fill(
+    stored: &[u8],
+    record: &Record,
+    layout: Layout,
+    out: &mut [u8],
+    want: usize,
+    what: &str,
+) -> Result<()> {
+    let corrupt = |why: &str| Error::Corrupt(format!("{what}: {why}"));
     let bad_frame = |e: std::io::Error| corrupt(&format!("a block does not decompress ({e})"));
     match (record.codec, record.filter) {
         (STORED_RAW, _) => out.copy_from_slice(stored),
