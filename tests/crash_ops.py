@@ -6,7 +6,8 @@ and the fork server that starts the processes the checker kills.
 same `prefer`, the kind of call the checker wants to kill next), so the checker knows what the
 writer was doing when it was killed.
 
-The workload: six arrays of five dtypes (f4, i8, u1, c8, f2), each saved raw or compressed (a
+The workload: seven arrays of six dtypes (f4, i8, u1, c8, f2, f8; noise, or numbers for every
+filter: decimal prices, multiples of 100), each saved raw or compressed (a
 save can switch an array between the two), appended to (two arrays at once, raw and compressed
 in one commit), replaced in place (raw: undo records first) or by new blocks (compressed),
 rows dropped, arrays dropped, compacted, the store reset, and transactions of several of these
@@ -34,6 +35,7 @@ SPECS = {
     "c": ("|u1", (32,), 4000, 0.8),
     "d": ("<c8", (3,), 2000, 0.5),
     "e": ("<f2", (8,), 3000, 0.4),
+    "p": ("<f8", (4,), 3000, 0.6),
     "big": ("<f4", (64,), 12000, 0.0),
 }
 NAMES = tuple(SPECS)
@@ -68,16 +70,19 @@ class Op(NamedTuple):
 
 
 def _rows(rng, name: str, n: int) -> np.ndarray:
-    """`n` rows for array `name`: noise, or small numbers that compress well."""
+    """`n` rows for array `name`: noise, or numbers that compress well: small multiples of
+    100 (the gcd filter's kind), prices in cents (the decimal filter's), small numbers."""
     dtype, row, _, _ = SPECS[name]
     shape = (n, *row)
     dt = np.dtype(dtype)
     compressible = rng.random() < 0.5
     if dt.kind in "iu":
         if compressible:
-            return rng.integers(0, 4, shape).astype(dt)
+            return (rng.integers(0, 4, shape) * (100 if dt.itemsize > 1 else 1)).astype(dt)
         info = np.iinfo(dt)
         return rng.integers(info.min, info.max, shape, dtype=dt, endpoint=True)
+    if compressible and dt == np.float64:
+        return np.round(100 + 0.01 * rng.integers(-300, 300, shape), 2)
     if compressible:
         return rng.integers(-3, 4, shape).astype(dt)
     if dt.kind == "c":

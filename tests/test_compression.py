@@ -517,7 +517,9 @@ def test_append_fills_the_last_block_then_adds_blocks(store):
     entry0 = _entry(store.path, "z")
     rec0 = _records(entry0)
     assert len(rec0) == 3  # 4 + 4 + 2 rows
+    assert rec0[2][3] == 0  # 24 random bytes do not shrink: stored raw, at the file's end
     file0 = (Path(store.path) / entry0["file"]).read_bytes()
+    assert rec0[2][0] + rec0[2][1] == len(file0)
 
     rows = _smooth(np.int32, (1, 3), seed=2)  # the last block: 2 -> 3 rows
     store.append({"raw": rows, "z": rows})
@@ -528,9 +530,10 @@ def test_append_fills_the_last_block_then_adds_blocks(store):
     assert entry1["file"] == entry0["file"]
     assert len(rec1) == 3
     assert rec1[:2] == rec0[:2]  # full blocks are not touched
-    assert rec1[2][0] >= len(file0)  # the last block's new version is appended
+    # The raw last block grew in place: the file gained the new rows and nothing else.
+    assert rec1[2][:2] == (rec0[2][0], rec0[2][1] + rows.nbytes) and rec1[2][3] == 0
     file1 = (Path(store.path) / entry1["file"]).read_bytes()
-    assert file1[: len(file0)] == file0  # blocks are only ever appended
+    assert file1 == file0 + rows.tobytes()
 
     rows = _smooth(np.int32, (9, 3), seed=3)  # fills block 2, adds blocks 3 and 4
     store.append({"raw": rows, "z": rows})
@@ -539,7 +542,7 @@ def test_append_fills_the_last_block_then_adds_blocks(store):
     rec2 = _records(_entry(store.path, "z"))
     assert len(rec2) == 5 == _comp(store, "z")["blocks"]
     assert rec2[:2] == rec0[:2]
-    assert all(r[0] >= len(file1) for r in rec2[2:])
+    assert all(r[0] >= len(file1) for r in rec2[2:])  # block 2's new version is appended
     assert (Path(store.path) / entry1["file"]).read_bytes()[: len(file1)] == file1
 
     rows = _smooth(np.int32, (4, 3), seed=4)  # the last block is full: only new blocks
@@ -548,6 +551,62 @@ def test_append_fills_the_last_block_then_adds_blocks(store):
     check_pair(store, model)
     rec3 = _records(_entry(store.path, "z"))
     assert len(rec3) == 6 and rec3[:5] == rec2
+
+
+def test_appends_grow_a_raw_last_block_until_it_is_full(store):
+    """FORMAT.md 7: an append leaves its partial last block raw; the next appends only write
+    their rows after it; the append that fills it encodes it as any block."""
+    model = save_pair(store, _smooth(np.float64, (100, 8)), block_rows=64)
+    path = Path(store.path) / _entry(store.path, "z")["file"]
+    saved = _records(_entry(store.path, "z"))
+    assert [r[3] for r in saved] == [1, 1]  # a save compresses its partial last block
+
+    rows = _smooth(np.float64, (5, 8), seed=1)
+    store.append({"raw": rows, "z": rows})
+    model = np.concatenate([model, rows])
+    rec = _records(_entry(store.path, "z"))
+    assert rec[0] == saved[0]
+    assert rec[1][0] >= saved[1][0] + saved[1][1] and rec[1][1] == 41 * 64 and rec[1][3] == 0
+    check_pair(store, model)
+
+    lazy = store.load("z", lazy=True)  # a snapshot of 105 rows
+    before = path.stat().st_size
+    for i in range(3):
+        rows = _smooth(np.float64, (7, 8), seed=2 + i)
+        store.append({"raw": rows, "z": rows})
+        model = np.concatenate([model, rows])
+        grown = _records(_entry(store.path, "z"))[1]
+        assert grown[0] == rec[1][0] and grown[1] == (41 + 7 * (i + 1)) * 64 and grown[3] == 0
+        assert path.stat().st_size == before + 7 * (i + 1) * 64  # the rows, nothing else
+    check_pair(store, model)
+    assert_same_array(np.asarray(lazy), model[:105])
+
+    rows = _smooth(np.float64, (20, 8), seed=9)  # 62 + 20: fills block 1, starts block 2
+    store.append({"raw": rows, "z": rows})
+    model = np.concatenate([model, rows])
+    rec = _records(_entry(store.path, "z"))
+    assert [r[3] for r in rec] == [1, 1, 0] and rec[1][0] >= before + 21 * 64
+    check_pair(store, model)
+    assert_same_array(np.asarray(lazy), model[:105])
+
+
+def test_append_after_an_interrupted_one_writes_the_raw_block_again(store):
+    """Bytes past the raw last block (an interrupted call's) are dead: the block is not grown
+    over them but written again at the file's end, with the new rows."""
+    model = save_pair(store, _smooth(np.int64, (50, 4)), block_rows=32)
+    rows = _smooth(np.int64, (3, 4), seed=1)
+    store.append({"raw": rows, "z": rows})
+    model = np.concatenate([model, rows])
+    path = Path(store.path) / _entry(store.path, "z")["file"]
+    with open(path, "ab") as f:
+        f.write(b"\xee" * 40)
+    end = path.stat().st_size
+    rows = _smooth(np.int64, (2, 4), seed=2)
+    store.append({"raw": rows, "z": rows})
+    model = np.concatenate([model, rows])
+    last = _records(_entry(store.path, "z"))[-1]
+    assert last[3] == 0 and last[0] == end and last[1] == 23 * 32
+    check_pair(store, model)
 
 
 def test_append_zero_rows(store):

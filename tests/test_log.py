@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import zlib
 from pathlib import Path
@@ -510,3 +511,73 @@ def test_path_errors_are_clear(backend, tmp_path):
             NumPack(locked, backend=backend)
     finally:
         locked.chmod(0o755)
+
+
+# -- a raw last block grown in place (FORMAT.md 6, `update`; section 7, `append`) ----------
+
+_GROW_RECORD = "<QQIBBH"  # offset, size, crc32, codec, filter, zero
+
+
+def _raw_tail_store(path, backend):
+    """A compressed (53, 4) int64 array in blocks of 32 rows: block 1 (21 rows) stored raw
+    at the end of its data file, as an append leaves it. Returns the rows, the data file and
+    the index's records."""
+    rows = np.arange(53 * 4, dtype="<i8").reshape(53, 4) // 3
+    with NumPack(path, backend=backend) as npk:
+        npk.save({"a": rows[:50]}, compress=True, block_rows=32)
+        npk.append({"a": rows[50:]})
+    [entry] = read_metadata(path)["arrays"]
+    blob = entry["compression"]["blocks"]
+    records = [struct.unpack_from(_GROW_RECORD, blob, i) for i in range(0, len(blob), 24)]
+    assert records[1][3] == 0
+    assert records[1][0] + records[1][1] == (path / entry["file"]).stat().st_size
+    return rows, path / entry["file"], records
+
+
+def _commit_update(path, rows: int, blocks) -> None:
+    ops = [{"op": "update", "name": "a", "modified_us": 1, "rows": rows}]
+    ops[0]["blocks"] = b"".join(
+        k.to_bytes(8, "little") + struct.pack(_GROW_RECORD, *r) for k, r in blocks
+    )
+    with open(path / "numpack.log", "ab") as f:
+        f.write(_frame({"t": "commit", "next_file_id": 99, "ops": ops}))
+
+
+def test_a_logged_in_place_growth_is_read(backend, store_path):
+    rows, data, records = _raw_tail_store(store_path, backend)
+    more = np.full((2, 4), -5, "<i8")
+    with open(data, "ab") as f:
+        f.write(more.tobytes())
+    off, size, crc, *_ = records[1]
+    grown = (off, size + more.nbytes, zlib.crc32(more.tobytes(), crc), 0, 0, 0)
+    _commit_update(store_path, 55, [(1, grown)])
+    for b in BACKENDS:
+        with NumPack(store_path, backend=b) as npk:
+            assert_same_array(npk.load("a"), np.concatenate([rows, more]))
+
+
+@pytest.mark.parametrize("case", ["zstd_block", "as_zstd", "other_offset", "not_first", "not_last"])
+def test_a_growth_the_rules_refuse_is_corrupt(backend, store_path, case):
+    """Only the raw block that ends every record may grow in place, as the first record of
+    an update, into a raw record at its offset: anything else overlaps and is corrupt."""
+    rows, data, records = _raw_tail_store(store_path, backend)
+    if case == "not_last":  # block 0's new version now lies past block 1
+        with NumPack(store_path, backend=backend) as npk:
+            npk.replace({"a": rows[:1]}, [0])
+    with open(data, "ab") as f:
+        f.write(bytes(64))
+    off, size, crc, *_ = records[1]
+    grown = (off, size + 64, zlib.crc32(bytes(64), crc), 0, 0, 0)
+    end = data.stat().st_size
+    blocks = {
+        "zstd_block": [(0, records[0][:1] + (records[0][1] + 64,) + records[0][2:])],
+        "as_zstd": [(1, grown[:3] + (1, 3, 0))],
+        "other_offset": [(1, (off + 8,) + grown[1:])],
+        "not_first": [(0, (end, 8) + records[0][2:]), (1, grown)],
+        "not_last": [(1, grown)],
+    }[case]
+    _commit_update(store_path, 55, blocks)
+    before = snapshot(store_path)
+    with pytest.raises(CorruptStoreError, match="overlap"):
+        NumPack(store_path, backend=backend).load("a")
+    assert snapshot(store_path) == before

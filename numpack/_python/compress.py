@@ -28,6 +28,7 @@ MAX_RATIO = 32768
 
 STORED_RAW, ZSTD = 0, 1
 NONE, SHUFFLE, DELTA_SHUFFLE, BITSHUFFLE, DELTA_BITSHUFFLE, DECIMAL, GCD = range(7)
+KEEP_RAW = -1  # not a filter: `encode_block` stores the block raw without trying one
 FILTER_NAMES = (
     "none", "shuffle", "delta+shuffle", "bitshuffle", "delta+bitshuffle", "decimal", "gcd",
 )  # fmt: skip
@@ -270,10 +271,11 @@ def as_bytes(raw) -> np.ndarray:
 
 def encode_block(raw, rows: int, row_bytes: int, unit: int, level: int, f=None) -> tuple:
     """`(stored bytes, codec, filter, crc32)` of a block of `rows` rows with filter `f` (None:
-    the one `choose_filter` picks); stored raw when compression does not make it smaller."""
+    the one `choose_filter` picks, KEEP_RAW: none tried); stored raw when compression does not
+    make it smaller."""
     raw = as_bytes(raw)
     crc = zlib.crc32(raw)
-    if not raw.nbytes:
+    if not raw.nbytes or f == KEEP_RAW:
         return raw, STORED_RAW, NONE, crc
     if f is None:
         f = choose_filter(raw, rows, row_bytes, unit, level)

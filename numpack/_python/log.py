@@ -367,6 +367,9 @@ def _update_index(e: fmt.ArrayEntry, rows: int, items: np.ndarray | None, broken
             raise broken("it leaves a gap in the block index")
         if int(before[-1]) != count:
             raise broken(f"it leaves {int(before[-1])} blocks where {count} are needed")
+        first = old[int(ks[0])] if int(ks[0]) < len(old) else None
+        if first is not None and _grows_in_place(first, new[0], end):
+            end = int(first["offset"])
         end = _new_end(new, end, broken)
         ks = ks.astype(np.int64)  # below count
         # Copied as bytes: a copy field by field costs about 10x more.
@@ -382,6 +385,18 @@ def _update_index(e: fmt.ArrayEntry, rows: int, items: np.ndarray | None, broken
         records.flags.writeable = False
         c = dict(c, blocks=records)  # keys this numpack does not know stay as they were
     return c, end
+
+
+def _grows_in_place(old, new, end: int) -> bool:
+    """Whether record `new` is `old` grown in place: both stored raw at one offset, `new` no
+    shorter, and `old` ending where every record of the index ends (FORMAT.md 6, `update`)."""
+    return bool(
+        old["codec"] == compress.STORED_RAW
+        and new["codec"] == compress.STORED_RAW
+        and new["offset"] == old["offset"]
+        and new["size"] >= old["size"]
+        and int(old["offset"]) + int(old["size"]) == end
+    )
 
 
 def _new_end(new: np.ndarray, end: int, broken) -> int:

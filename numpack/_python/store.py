@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 import time
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -850,23 +851,46 @@ class Store:
                     change.push(log.Update(name, change.now, e.shape[0] + n))
 
     def _append_blocks(self, e: fmt.ArrayEntry, n: int, data: np.ndarray) -> np.ndarray:
-        """Append `n` rows to compressed array `e`: its last block, if not full, is encoded
-        again holding the first new rows, then come new blocks. Returns the update's blocks."""
-        br, r = e.compression["block_rows"], e.row_bytes
+        """Append `n` rows to compressed array `e`; returns the update's blocks. The partial
+        last block an append leaves is stored raw, so that the next append only writes its
+        rows: a raw last block that ends the file grows in place until full, then it is
+        encoded as any block (FORMAT.md 7)."""
+        br, r, unit = e.compression["block_rows"], e.row_bytes, compress.unit_of(e.dtype)
         k, head = divmod(e.shape[0], br)  # head: rows in a partial last block
-        fill = min(n, br - head) if head else 0
-
-        def blocks():
-            if head:
-                yield k, np.concatenate((self._view(e).block(k).reshape(-1), data[: fill * r]))
-            for i, start in enumerate(range(fill, n, br), start=k + bool(head)):
-                yield i, data[start * r : min(n, start + br) * r]
-
-        # The refilled block keeps its filter, as a replaced one does (FORMAT.md 7).
-        keep = _kept_filter(e, k) if head else None
-        unit, level = compress.unit_of(e.dtype), e.compression["level"]
-        filtered = compress.group_filters(blocks(), r, unit, level, br, keep)
-        return self._write_blocks(e, e.shape[0] + n, filtered)
+        data, keep = compress.as_bytes(data), None
+        if head:
+            old = e.compression["blocks"][k]
+            offset, size = int(old["offset"]), int(old["size"])
+            fd = self._open(e, os.O_RDWR)
+            try:
+                if old["codec"] == compress.STORED_RAW and head + n < br:
+                    # A size that is not the rows' is damage, which decode_block reports.
+                    if size == head * r and offset + size == os.fstat(fd).st_size:
+                        # Past the block's end only: a reader of the shorter record reads
+                        # what it did.
+                        files.write_all(fd, data, offset + size)
+                        self._txn.written.append(e.file)
+                        grown = old.copy()
+                        grown["size"] += data.nbytes
+                        grown["crc32"] = zlib.crc32(data, int(old["crc32"]))
+                        return _update_blocks([k], [grown])
+                stored = os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
+            what = f"block {k} of array {e.name!r} in {e.file}"
+            raw = compress.decode_block(stored, old, head, r, unit, what)
+            data = np.concatenate((raw.reshape(-1), data))
+            # The refilled block keeps its filter, as a replaced one does (FORMAT.md 7).
+            keep = _kept_filter(e, k)
+        tail = head + n
+        whole = tail // br * br
+        size = br * r
+        full = ((k + i, data[i * size : (i + 1) * size]) for i in range(whole // br))
+        level = e.compression["level"]
+        blocks = list(compress.group_filters(full, r, unit, level, br, keep))
+        if tail > whole:
+            blocks.append((k + whole // br, data[whole * r :], compress.KEEP_RAW))
+        return self._write_blocks(e, e.shape[0] + n, blocks)
 
     def _write_blocks(self, e: fmt.ArrayEntry, rows: int, blocks) -> np.ndarray:
         """Encode each `(k, raw bytes of block k, filter or None to pick one)` of `blocks` and
@@ -890,10 +914,7 @@ class Store:
         finally:
             os.close(fd)
         self._txn.written.append(e.file)
-        out = np.empty(len(ks), log.BLOCK)
-        out["k"] = ks
-        out["record"] = np.array(records, compress.RECORD)
-        return out
+        return _update_blocks(ks, np.array(records, compress.RECORD))
 
     @_synchronized
     def replace(self, items) -> None:
@@ -1059,6 +1080,14 @@ def _live_rows(view: View):
         out = buf[: (stop - start) * r]
         view.read(start, stop, out)
         yield out
+
+
+def _update_blocks(ks, records) -> np.ndarray:
+    """An update's blocks: block numbers `ks` and their new records."""
+    out = np.empty(len(ks), log.BLOCK)
+    out["k"] = ks
+    out["record"] = records
+    return out
 
 
 def _kept_filter(e: fmt.ArrayEntry, k: int) -> int | None:

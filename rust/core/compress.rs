@@ -166,22 +166,32 @@ pub fn encode_as(raw: &[u8], layout: Layout, level: i32, filter: Option<u8>) -> 
         f => (f, apply(raw, layout, f)),
     };
     let compressed = compress(&filtered, level, layout.unit, filter)?;
-    let (bytes, codec, filter) = if compressed.len() < raw.len() {
-        (compressed, ZSTD, filter)
-    } else {
-        (raw.to_vec(), STORED_RAW, NO_FILTER)
-    };
-    let size = bytes.len() as u64;
+    if compressed.len() >= raw.len() {
+        return Ok(stored_raw(raw.to_vec(), crc32));
+    }
+    let size = compressed.len() as u64;
     Ok(Encoded {
-        bytes,
+        bytes: compressed,
         record: Record {
             offset: 0,
             size,
             crc32,
-            codec,
+            codec: ZSTD,
             filter,
         },
     })
+}
+
+/// A block stored as its raw bytes (codec 0, filter 0), of CRC-32 `crc32`.
+pub fn stored_raw(raw: Vec<u8>, crc32: u32) -> Encoded {
+    let record = Record {
+        offset: 0,
+        size: raw.len() as u64,
+        crc32,
+        codec: STORED_RAW,
+        filter: NO_FILTER,
+    };
+    Encoded { bytes: raw, record }
 }
 
 /// How many consecutive blocks of `block_bytes` bytes one encoding call gives the filter

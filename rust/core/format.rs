@@ -169,9 +169,16 @@ impl Compressed {
 
     /// Sets or appends block records (FORMAT.md 6, `update`): each new record must lie past
     /// every record before the update (blocks are only appended to the file) and past the
-    /// ones before it in `blocks`.
+    /// ones before it in `blocks`; the first may instead grow a raw last block in place.
     pub fn set_blocks(&mut self, blocks: &[(u64, Record)]) -> std::result::Result<(), String> {
         let mut end = self.end;
+        if let Some(&(k, r)) = blocks.first() {
+            if let Some(old) = self.blocks.get(k as usize) {
+                if grows_in_place(old, &r, self.end) {
+                    end = old.offset;
+                }
+            }
+        }
         for &(k, r) in blocks {
             if r.size > 0 && r.offset < end {
                 return Err(format!("block {k} overlaps blocks written before it"));
@@ -189,6 +196,16 @@ impl Compressed {
         self.end = end;
         Ok(())
     }
+}
+
+/// Whether `new` is `old` grown in place: both stored raw at one offset, `new` no shorter,
+/// and `old` ending where every record of the index ends (FORMAT.md 6, `update`).
+fn grows_in_place(old: &Record, new: &Record, end: u64) -> bool {
+    old.codec == compress::STORED_RAW
+        && new.codec == compress::STORED_RAW
+        && new.offset == old.offset
+        && new.size >= old.size
+        && old.end() == end
 }
 
 impl Wire {

@@ -1297,10 +1297,11 @@ fn append_to(path: &Path, encoded: Vec<compress::Encoded>) -> Result<Vec<compres
     blocks::write(&mut file, at, encoded)
 }
 
-/// Appends `item`'s rows to compressed array `e` (of data file `path`): re-encodes its last
-/// block if partial and writes the new blocks at the end of the file. Returns the block
-/// records to set. The last block is read on its own: a view maps the file again whenever it
-/// has grown, so each append paid a map and an unmap (with its TLB shootdown) of the file.
+/// Appends `item`'s rows to compressed array `e` (of data file `path`) and returns the block
+/// records to set. The partial last block an append leaves is stored raw, so that the next
+/// append only writes its rows: a raw last block that ends the file grows in place until full,
+/// then it is encoded as any block (FORMAT.md 7). Re-encoding the last block on every append
+/// cost a decode and an encode of up to a block, and left a superseded copy behind each time.
 fn append_blocks(
     path: &Path,
     file: &File,
@@ -1311,12 +1312,36 @@ fn append_blocks(
     if item.shape[0] == 0 {
         return Ok(Vec::new());
     }
-    let (layout, rows) = (e.layout(), e.shape[0] + item.shape[0]);
-    let full = (e.shape[0] / index.block_rows) as usize;
+    let (layout, rows, br) = (e.layout(), e.shape[0] + item.shape[0], index.block_rows);
+    let full = (e.shape[0] / br) as usize;
+    let tail_rows = rows - full as u64 * br;
+    let last = index.blocks.get(full);
+    let raw_len = (e.shape[0] - full as u64 * br) as usize * layout.row_bytes;
+    if let Some(old) = last.filter(|old| old.codec == compress::STORED_RAW && tail_rows < br) {
+        // A size that is not the rows' is damage, which `decode` below reports.
+        if old.size == raw_len as u64 && old.end() == file.metadata()?.len() {
+            // Past the block's end only: a reader of the shorter record reads what it did.
+            OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .write_all_at(item.data, old.end())?;
+            let mut crc = crc32fast::Hasher::new_with_initial(old.crc32);
+            crc.update(item.data);
+            let size = old.size + item.data.len() as u64;
+            let crc32 = crc.finalize();
+            return Ok(vec![(
+                full as u64,
+                compress::Record {
+                    size,
+                    crc32,
+                    ..*old
+                },
+            )]);
+        }
+    }
     let (mut raw, mut keep) = (Vec::new(), None);
-    if let Some(old) = index.blocks.get(full) {
+    if let Some(old) = last {
         let what = format!("{} (array {:?})", path.display(), e.name);
-        let raw_len = (e.shape[0] - full as u64 * index.block_rows) as usize * layout.row_bytes;
         // `data_file` checked that the file holds every block, and the index was checked
         // when it was read (FORMAT.md 7): the size is bounded by the file's, the frame is
         // checked by `decode`.
@@ -1327,15 +1352,14 @@ fn append_blocks(
         keep = (old.codec == compress::ZSTD).then_some(old.filter);
     }
     raw.extend_from_slice(item.data);
-    let tail_rows = rows - full as u64 * index.block_rows;
-    let encoded = blocks::encode_rows(
-        &raw,
-        tail_rows,
-        layout,
-        (index.level, index.block_rows),
-        full,
-        keep,
-    )?;
+    let whole_rows = tail_rows / br * br;
+    let rest = raw.split_off(whole_rows as usize * layout.row_bytes);
+    let level_rows = (index.level, br);
+    let mut encoded = blocks::encode_rows(&raw, whole_rows, layout, level_rows, full, keep)?;
+    if tail_rows > whole_rows {
+        let crc32 = crc32fast::hash(&rest);
+        encoded.push(compress::stored_raw(rest, crc32));
+    }
     let records = append_to(path, encoded)?;
     Ok(numbered(full, records))
 }
