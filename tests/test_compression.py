@@ -590,6 +590,23 @@ def test_appends_grow_a_raw_last_block_until_it_is_full(store):
     assert_same_array(np.asarray(lazy), model[:105])
 
 
+def test_a_raw_block_an_append_fills_takes_its_groups_filter(store):
+    """FORMAT.md 7: the block before it is in its filter group and compressed, so the filled
+    block takes that block's filter instead of a new pick (which would give zeros none)."""
+    save_pair(store, _smooth(np.float64, (64, 8)), block_rows=64)
+    zeros = np.zeros((10, 8))
+    store.append({"raw": zeros, "z": zeros})
+    rec = _records(_entry(store.path, "z"))
+    assert rec[1][3] == 0 and rec[0][4] == DELTAS[1]  # raw; delta+bitshuffle
+    zeros = np.zeros((54, 8))
+    store.append({"raw": zeros, "z": zeros})
+    rec = _records(_entry(store.path, "z"))
+    assert rec[1][3:5] == (1, rec[0][4])
+    check_pair(store, np.concatenate([_smooth(np.float64, (64, 8)), np.zeros((64, 8))]))
+    store.save({"alone": np.zeros((64, 8))}, compress=True, block_rows=64)
+    assert _records(_entry(store.path, "alone"))[0][4] != rec[0][4]  # a pick differs
+
+
 def test_append_after_an_interrupted_one_writes_the_raw_block_again(store):
     """Bytes past the raw last block (an interrupted call's) are dead: the block is not grown
     over them but written again at the file's end, with the new rows."""

@@ -880,8 +880,11 @@ class Store:
             what = f"block {k} of array {e.name!r} in {e.file}"
             raw = compress.decode_block(stored, old, head, r, unit, what)
             data = np.concatenate((raw.reshape(-1), data))
-            # The refilled block keeps its filter, as a replaced one does (FORMAT.md 7).
+            # The refilled block keeps its filter, as a replaced one does; one that was stored
+            # raw takes its group's, from the block before it (FORMAT.md 7).
             keep = _kept_filter(e, k)
+            if keep is None and k % compress.filter_group(br * r):
+                keep = _kept_filter(e, k - 1)
         tail = head + n
         whole = tail // br * br
         size = br * r

@@ -1348,8 +1348,15 @@ fn append_blocks(
         let mut stored = vec![0u8; old.size as usize];
         file.read_exact_at(&mut stored, old.offset)?;
         raw = compress::decode(&stored, old, layout, raw_len, &what)?;
-        // The refilled block keeps its filter, as a replaced one does (FORMAT.md 7).
-        keep = (old.codec == compress::ZSTD).then_some(old.filter);
+        // The refilled block keeps its filter, as a replaced one does; one that was stored
+        // raw takes its group's, from the block before it (FORMAT.md 7).
+        let group = compress::filter_group((br as usize).saturating_mul(layout.row_bytes)) as u64;
+        let before = full.checked_sub(1).filter(|&k| (k as u64 + 1) % group != 0);
+        keep = [Some(old), before.and_then(|k| index.blocks.get(k))]
+            .into_iter()
+            .flatten()
+            .find(|r| r.codec == compress::ZSTD)
+            .map(|r| r.filter);
     }
     raw.extend_from_slice(item.data);
     let whole_rows = tail_rows / br * br;
