@@ -203,14 +203,14 @@ def _unfilter(data: bytes, filt: int, rows: int, u: int, raw_size: int) -> bytes
 def _compress(filtered: bytes, filt: int, u: int, level: int) -> bytes:
     """FORMAT.md section 7's writer: one zstd frame declaring its size; after shuffle (delta or
     not) and gcd, a flush ends a zstd block after each byte position's bytes (gcd's divisor
-    goes with the first)."""
-    cctx = zstandard.ZstdCompressor(level=level)
+    goes with the first), and zstd's minimum match is 7 (its other parameters the level's)."""
     prefix = u if filt == 6 else 0
     if filt not in (1, 2, 6) or u == 1:
-        return cctx.compress(filtered)
+        return zstandard.ZstdCompressor(level=level).compress(filtered)
     part = (len(filtered) - prefix) // u
     cuts = [0] + [prefix + k * part for k in range(1, u)] + [len(filtered)]
-    o = cctx.compressobj(size=len(filtered))
+    params = zstandard.ZstdCompressionParameters(compression_level=level, min_match=7)
+    o = zstandard.ZstdCompressor(compression_params=params).compressobj(size=len(filtered))
     out = b""
     for k in range(u):
         out += o.compress(filtered[cuts[k] : cuts[k + 1]])

@@ -55,14 +55,25 @@ assert RECORD.itemsize == 24
 _local = threading.local()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+# zstd's shortest match in the byte-position runs. Matches shorter than this between bytes of
+# one position are mostly chance (a mantissa byte's noise): they cost more than the literals
+# they replace, and looking for them is most of the work (FORMAT.md 7).
+RUN_MIN_MATCH = 7
+
+
+def _compressor(level: int, runs: bool = False) -> zstandard.ZstdCompressor:
     # libzstd clamps a level out of its range, but zstandard rejects one above its maximum: a
     # store another program wrote at such a level is written at the maximum, as libzstd would.
     level = min(level, zstandard.MAX_COMPRESSION_LEVEL)
     cache = _local.__dict__.setdefault("compressors", {})
-    c = cache.get(level)
+    c = cache.get((level, runs))
     if c is None:
-        c = cache[level] = zstandard.ZstdCompressor(level=level)
+        # Only the level and the minimum match are set: zstd derives the rest from the level
+        # and the frame's size, as it does for the level alone.
+        params = zstandard.ZstdCompressionParameters(
+            compression_level=level, min_match=RUN_MIN_MATCH if runs else 0
+        )
+        c = cache[(level, runs)] = zstandard.ZstdCompressor(compression_params=params)
     return c
 
 
@@ -75,10 +86,9 @@ def _compress(filtered, level: int, unit: int, f: int) -> bytes:
     data = memoryview(filtered).cast("B")
     parts, prefix = {SHUFFLE: (unit, 0), DELTA_SHUFFLE: (unit, 0), GCD: (unit, unit)}.get(f, (1, 0))
     part = (len(data) - prefix) // parts
-    c = _compressor(level)
     if parts < 2 or part == 0:
-        return c.compress(data)
-    o = c.compressobj(size=len(data))
+        return _compressor(level).compress(data)
+    o = _compressor(level, runs=True).compressobj(size=len(data))
     out = []
     for k in range(parts):
         start = 0 if k == 0 else prefix + k * part

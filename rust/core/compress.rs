@@ -369,6 +369,11 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// zstd's shortest match in the byte-position runs. Matches shorter than this between bytes of
+/// one position are mostly chance (a mantissa byte's noise): they cost more than the literals
+/// they replace, and looking for them is most of the work (FORMAT.md 7).
+const RUN_MIN_MATCH: u32 = 7;
+
 /// Compresses a block's filtered bytes at `level` into one zstd frame that declares its size
 /// (FORMAT.md 7). After a byte shuffle or the gcd filter, the bytes of each of the `unit` byte
 /// positions follow one another (after gcd's divisor), and each gets a zstd block of its own (a
@@ -387,11 +392,17 @@ fn compress(data: &[u8], level: i32, unit: usize, filter: u8) -> std::io::Result
             *c = Some((level, zstd::bulk::Compressor::new(level)?));
         }
         let c = &mut c.as_mut().expect("set above").1;
-        if parts < 2 || part == 0 {
+        let split = parts >= 2 && part > 0;
+        let err = |code| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
+        // 0: the level's own.
+        let min_match = if split { RUN_MIN_MATCH } else { 0 };
+        c.context_mut()
+            .set_parameter(zstd::zstd_safe::CParameter::MinMatch(min_match))
+            .map_err(err)?;
+        if !split {
             return c.compress(data);
         }
         let cctx = c.context_mut();
-        let err = |code| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
         cctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
             .map_err(err)?;
         cctx.set_pledged_src_size(Some(data.len() as u64))

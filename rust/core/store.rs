@@ -1351,7 +1351,9 @@ fn append_blocks(
         // The refilled block keeps its filter, as a replaced one does; one that was stored
         // raw takes its group's, from the block before it (FORMAT.md 7).
         let group = compress::filter_group((br as usize).saturating_mul(layout.row_bytes)) as u64;
-        let before = full.checked_sub(1).filter(|&k| (k as u64 + 1) % group != 0);
+        let before = full
+            .checked_sub(1)
+            .filter(|&k| !(k as u64 + 1).is_multiple_of(group));
         keep = [Some(old), before.and_then(|k| index.blocks.get(k))]
             .into_iter()
             .flatten()
