@@ -14,7 +14,8 @@ np.memmap); once the replace returns every reader sees the new rows whole. The r
 therefore check checksums everywhere except in the raw array being replaced in place, and
 check that one after the writers finish. Each reader also reports the lengths of the shared
 log it saw: at least two strictly between empty and final shows it read while writers were
-appending (no timing is assumed).
+appending. No timing is assumed: writer 0 pauses twice, between its own commits, until every
+reader has made two more rounds (a starved reader otherwise may read only before and after).
 """
 
 from __future__ import annotations
@@ -51,10 +52,29 @@ TAB_ROWS = 8  # rows of "tab"/"tab_z" per writer; writer w owns rows w, w + N_WR
 _WRITER = (
     ROWS
     + r"""
-import json, sys
+import json, sys, time
 from numpack import NumPack
-path, backend, w, n_writers, ops, tab_rows = sys.argv[1:7]
+path, backend, w, n_writers, ops, tab_rows, progress, n_readers = sys.argv[1:9]
 w, n_writers, ops, tab_rows = int(w), int(n_writers), int(ops), int(tab_rows)
+n_readers = int(n_readers)
+
+
+def rounds(r):
+    try:
+        with open(f"{progress}{r}") as f:
+            return int(f.read())
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for_readers():  # until each reader made two more rounds: one began after this call
+    target = [rounds(r) + 2 for r in range(n_readers)]
+    deadline = time.monotonic() + 60
+    while any(rounds(r) < t for r, t in enumerate(target)):
+        assert time.monotonic() < deadline, "readers made no progress"
+        time.sleep(0.01)
+
+
 rng = np.random.default_rng(w)
 mine = np.arange(w, n_writers * tab_rows, n_writers)
 own, own_name = None, f"own{w}"
@@ -66,6 +86,8 @@ sys.stdin.readline()
 with NumPack(path, backend=backend, lock_timeout=60) as npk:
     own = npk.load(own_name)
     for i in range(ops):
+        if w == 0 and i in (ops // 3, 2 * ops // 3):
+            wait_for_readers()  # "log" is past empty here and writer 0 appends again after
         kind = rng.choice(["log", "tab", "own_append", "own_replace", "own_drop", "compact"],
                           p=[0.3, 0.25, 0.15, 0.1, 0.15, 0.05])
         seq += 1
@@ -109,10 +131,10 @@ _READER = (
     + r"""
 import json, os, sys
 from numpack import NumPack
-path, backend, stop, n_writers, tab_rows, me = sys.argv[1:7]
+path, backend, stop, n_writers, tab_rows, me, progress = sys.argv[1:8]
 n_writers, tab_rows = int(n_writers), int(tab_rows)
 rng = np.random.default_rng([int(me), 7])  # the same choices every run
-checks, prev, lengths = 0, {}, set()
+checks, prev, lengths, rounds = 0, {}, set(), 0
 owners = np.arange(n_writers * tab_rows) % n_writers
 print("ready", flush=True)
 sys.stdin.readline()
@@ -160,6 +182,10 @@ while True:
             if len(lazy):
                 check_rows(lazy[rng.integers(0, len(lazy), 5)], name)  # it may shrink
         checks += 1
+    rounds += 1
+    with open(f"{progress}{me}.new", "w") as f:
+        f.write(str(rounds))
+    os.replace(f"{progress}{me}.new", f"{progress}{me}")  # never read half-written
     if last:
         break
 npk.close()
@@ -200,7 +226,7 @@ def _finish(p, timeout=60) -> str:
 def test_writers_and_readers(backend, tmp_path):
     import json
 
-    path, stop = tmp_path / "store", tmp_path / "stop"
+    path, stop, progress = tmp_path / "store", tmp_path / "stop", tmp_path / "rounds"
     empty = np.empty((0, COLS), np.int64)
     tab = np.concatenate([make_rows(r % N_WRITERS, [r]) for r in range(N_WRITERS * TAB_ROWS)])
     with NumPack(path, backend=backend) as npk:
@@ -213,11 +239,13 @@ def test_writers_and_readers(backend, tmp_path):
     procs = []
     try:
         writers = [
-            _start(_WRITER, path, backend, w, N_WRITERS, OPS, TAB_ROWS) for w in range(N_WRITERS)
+            _start(_WRITER, path, backend, w, N_WRITERS, OPS, TAB_ROWS, progress, N_READERS)
+            for w in range(N_WRITERS)
         ]
         procs += writers
         readers = [
-            _start(_READER, path, backend, stop, N_WRITERS, TAB_ROWS, r) for r in range(N_READERS)
+            _start(_READER, path, backend, stop, N_WRITERS, TAB_ROWS, r, progress)
+            for r in range(N_READERS)
         ]
         procs += readers
         _wait_ready(procs)
