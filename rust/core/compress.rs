@@ -527,25 +527,32 @@ fn apply_gcd(raw: &[u8], layout: Layout) -> Option<Vec<u8>> {
 
 fn gcd_units<const U: usize>(raw: &[u8]) -> Option<Vec<u8>> {
     let mut d: Option<Divisor> = None;
-    for c in raw.chunks_exact(U) {
-        let m = signed::<U>(c).unsigned_abs();
-        match &d {
-            Some(d) if d.divides(m) => {}
-            Some(old) => d = Some(Divisor::new(gcd(m, old.g)).filter(|d| d.g > 1)?),
-            None if m == 0 => {}
-            None => d = Divisor::new(m),
+    for chunk in raw.chunks(GCD_CHUNK * U) {
+        if d.as_ref().is_some_and(|d| d.divides_all::<U>(chunk)) {
+            continue;
+        }
+        for c in chunk.chunks_exact(U) {
+            let m = signed::<U>(c).unsigned_abs();
+            match &d {
+                Some(d) if d.divides(m) => {}
+                Some(old) => d = Some(Divisor::new(gcd(m, old.g)).filter(|d| d.g > 1)?),
+                None if m == 0 => {}
+                None => d = Divisor::new(m),
+            }
         }
     }
     let d = d.filter(|d| d.g > 1 && d.g < 1 << (8 * U - 1))?;
-    let mut q = Vec::with_capacity(raw.len());
-    for c in raw.chunks_exact(U) {
-        q.extend_from_slice(&d.exact_div(signed::<U>(c)).to_le_bytes()[..U]);
-    }
+    let mut q = vec![0u8; raw.len()];
+    d.divide_all::<U>(raw, &mut q);
     let mut out = Vec::with_capacity(filtered_len(raw.len(), U, GCD));
     out.extend_from_slice(&d.g.to_le_bytes()[..U]);
     out.extend_from_slice(&bitshuffle(&q, U));
     Some(out)
 }
+
+/// Units the gcd filter checks at a time against the divisor so far, without a branch per
+/// unit; a lot that fails is looked at unit by unit.
+const GCD_CHUNK: usize = 1024;
 
 /// The divisor a gcd block starts with, when it is one the filter can have written.
 fn gcd_of<const U: usize>(filtered: &[u8]) -> Option<u64> {
@@ -604,11 +611,81 @@ impl Divisor {
         x.trailing_zeros() >= self.s && (x >> self.s).wrapping_mul(self.inv) <= self.max
     }
 
-    /// `v / g` for a `v` that `g` divides.
-    fn exact_div(&self, v: i64) -> i64 {
-        (v >> self.s).wrapping_mul(self.inv as i64)
+    /// Whether `self` divides the magnitude of each `U`-byte unit of `units`.
+    fn divides_all<const U: usize>(&self, units: &[u8]) -> bool {
+        match U {
+            8 => lanes64::divides_all::<U>(self, units),
+            _ => lanes32::divides_all::<U>(self, units),
+        }
+    }
+
+    /// The quotients by `self`, which divides each unit of `units`, into `out`.
+    fn divide_all<const U: usize>(&self, units: &[u8], out: &mut [u8]) {
+        match U {
+            8 => lanes64::divide_all::<U>(self, units, out),
+            _ => lanes32::divide_all::<U>(self, units, out),
+        }
     }
 }
+
+/// The gcd filter's passes over every unit of a block, in the narrowest integers that hold a
+/// unit: 32 bits for units of up to four bytes (SSE2 multiplies four of those at a time, and
+/// no 64-bit ones). Arithmetic modulo 2^32 gives the same answers: `inv` reduced is `m`'s
+/// inverse there too, and magnitudes and quotients fit.
+macro_rules! gcd_lanes {
+    ($module:ident, $s:ty, $u:ty) => {
+        mod $module {
+            use super::Divisor;
+
+            const BITS: u32 = <$s>::BITS;
+
+            /// Unit `c` (U little-endian bytes), sign-extended.
+            #[inline(always)]
+            fn load<const U: usize>(c: &[u8]) -> $s {
+                let mut b = [0u8; BITS as usize / 8];
+                b[..U].copy_from_slice(c);
+                let shift = BITS - 8 * U as u32;
+                (<$s>::from_le_bytes(b) << shift) >> shift
+            }
+
+            pub fn divides_all<const U: usize>(d: &Divisor, units: &[u8]) -> bool {
+                let (mask, s) = ((1 << d.s) - 1 as $u, d.s);
+                // Opaque, or LLVM turns `q > MAX / m` into an overflow test of `q * m`, a
+                // scalar multiply per unit.
+                let max = std::hint::black_box(<$u>::MAX / (d.g >> d.s) as $u);
+                let inv = d.inv as $u;
+                // An OR of what fails, not a test per unit: that way the loop vectorises.
+                let fails = units.chunks_exact(U).fold(0, |fails, c| {
+                    let v = load::<U>(c);
+                    let sign = v >> (BITS - 1);
+                    let x = (v ^ sign).wrapping_sub(sign) as $u; // |v|, even the most negative
+                    fails | (x & mask) | ((x >> s).wrapping_mul(inv) > max) as $u
+                });
+                fails == 0
+            }
+
+            pub fn divide_all<const U: usize>(d: &Divisor, units: &[u8], out: &mut [u8]) {
+                let (s, inv) = (d.s, d.inv as $s);
+                for (c, o) in units.chunks_exact(U).zip(out.chunks_exact_mut(U)) {
+                    o.copy_from_slice(&(load::<U>(c) >> s).wrapping_mul(inv).to_le_bytes()[..U]);
+                }
+            }
+
+            /// Each unit of `units` times `g`, in place (modulo 2^(8U): a damaged block may
+            /// overflow, and the CRC-32 then tells).
+            pub fn multiply_all<const U: usize>(g: u64, units: &mut [u8]) {
+                let g = g as $s;
+                for c in units.chunks_exact_mut(U) {
+                    let v = load::<U>(c).wrapping_mul(g);
+                    c.copy_from_slice(&v.to_le_bytes()[..U]);
+                }
+            }
+        }
+    };
+}
+
+gcd_lanes!(lanes32, i32, u32);
+gcd_lanes!(lanes64, i64, u64);
 
 /// Undoes `filter` on `filtered` into `out` (the block's raw bytes). decode_into checked
 /// what a damaged block could get wrong: the unit of a decimal block, its places (at most 9),
@@ -635,11 +712,11 @@ fn undo(filtered: &[u8], layout: Layout, filter: u8, out: &mut [u8]) {
 }
 
 fn ungcd<const U: usize>(filtered: &[u8], out: &mut [u8]) {
-    let g = gcd_of::<U>(filtered).expect("decode_into checked it") as i64;
+    let g = gcd_of::<U>(filtered).expect("decode_into checked it");
     unbitshuffle_into(&filtered[U..], U, out);
-    for c in out.chunks_exact_mut(U) {
-        let v = signed::<U>(c).wrapping_mul(g);
-        c.copy_from_slice(&v.to_le_bytes()[..U]);
+    match U {
+        8 => lanes64::multiply_all::<U>(g, out),
+        _ => lanes32::multiply_all::<U>(g, out),
     }
 }
 
@@ -1029,6 +1106,24 @@ mod tests {
                 let back = decode(&enc.bytes, &enc.record, layout, raw.len(), "t").unwrap();
                 assert_eq!(back, raw);
             }
+        }
+        // The divisor shrinks in a later lot of units (6, then 2 from unit 2,100 on); the
+        // quotients are those of the divisor found in the end, in every lot.
+        for unit in [1usize, 2, 4, 8] {
+            let layout = Layout::new("<i8", unit, unit);
+            let mut v: Vec<i64> = (0..3000).map(|i| (i % 21 - 10) * 6).collect();
+            v[2100] = -4;
+            let raw: Vec<u8> = v
+                .iter()
+                .flat_map(|x| x.to_le_bytes()[..unit].to_vec())
+                .collect();
+            let f = apply_gcd(&raw, layout).unwrap();
+            assert_eq!(f[..unit], 2u64.to_le_bytes()[..unit], "unit {unit}");
+            let q: Vec<u8> = v
+                .iter()
+                .flat_map(|x| (x / 2).to_le_bytes()[..unit].to_vec())
+                .collect();
+            assert_eq!(f[unit..], bitshuffle(&q, unit), "unit {unit}");
         }
         // Volumes in lots of 100 pick it; a divisor below 2 is damage, not a read.
         let layout = Layout::new("<i4", 4, 4);
