@@ -1,8 +1,9 @@
-//! numpack's byte shuffle and bitshuffle (SSE2, rust/core/transpose.rs) against the byteshuffle
-//! crate (blosc's shuffle reimplemented in Rust: SSE2, AVX2, AVX-512, picked at run time) and
-//! c-blosc2's shuffle and bitshuffle (its SSE2, AVX2 and AVX-512 code, picked at run time),
-//! on 64 KiB blocks (numpack's default block) that stay in cache, one thread. MB/s are medians
-//! of 15 rounds of 2,000 calls, each round timing every implementation in a rotating order.
+//! numpack's byte shuffle and bitshuffle (SSE2; AVX2 to undo a bitshuffle, picked at run time;
+//! rust/core/transpose.rs) against the byteshuffle crate (blosc's shuffle reimplemented in
+//! Rust: SSE2, AVX2, AVX-512, picked at run time) and c-blosc2's shuffle and bitshuffle (its
+//! SSE2, AVX2 and AVX-512 code, picked at run time), on 64 KiB blocks (numpack's default block)
+//! that stay in cache, one thread. MB/s are medians of 15 rounds of 2,000 calls, each round
+//! timing every implementation in a rotating order.
 
 #[allow(dead_code)]
 #[path = "../../../rust/core/transpose.rs"]
@@ -35,7 +36,7 @@ fn ours<const U: usize>(op: &str, src: &[u8], out: &mut [u8]) {
         "bitshuffle" => transpose::bitshuffle::<U>(src, out, plane) * 8 * U,
         _ => transpose::unbitshuffle::<U>(src, out, plane) * 8 * U,
     };
-    assert_eq!(done, src.len(), "a 64 KiB block is whole SSE2 groups");
+    assert_eq!(done, src.len(), "a 64 KiB block is whole SIMD steps");
 }
 
 fn blosc(op: &str, unit: usize, src: &[u8], out: &mut [u8]) {
