@@ -649,7 +649,7 @@ macro_rules! gcd_lanes {
             }
 
             pub fn divides_all<const U: usize>(d: &Divisor, units: &[u8]) -> bool {
-                let (mask, s) = ((1 << d.s) - 1 as $u, d.s);
+                let (mask, s) = (((1 as $u) << d.s) - 1, d.s);
                 // Opaque, or LLVM turns `q > MAX / m` into an overflow test of `q * m`, a
                 // scalar multiply per unit.
                 let max = std::hint::black_box(<$u>::MAX / (d.g >> d.s) as $u);

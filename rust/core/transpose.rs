@@ -1,11 +1,11 @@
 //! SIMD versions of the byte and bit transposes of the shuffle and bitshuffle filters
 //! (FORMAT.md 7): encoding and decoding a block spent most of their time in the scalar ones.
-//! The byte shuffles and the bitshuffle are SSE2, 16 units (or groups of eight) at a time; undoing
-//! the bitshuffle runs 16 groups in each 128-bit lane, so the same code does SSE2 (one lane,
-//! every x86_64 CPU) and AVX2 (two lanes, when the CPU has it: every step stays within a lane,
-//! so the upper one just does the next 16 groups). Elsewhere the scalar code in `compress` does it all. Each function does a
-//! prefix of the units (or groups of eight units) and returns how many, leaving the rest to the
-//! scalar code.
+//! The byte shuffles and the bitshuffle are SSE2, 16 units (or groups of eight) at a time;
+//! undoing the bitshuffle runs 16 groups in each 128-bit lane, so the same code does SSE2 (one
+//! lane, every x86_64 CPU) and AVX2 (two lanes, when the CPU has it: every step stays within a
+//! lane, so the upper one just does the next 16 groups). Elsewhere the scalar code in
+//! `compress` does it all. Each function does a prefix of the units (or groups of eight units)
+//! and returns how many, leaving the rest to the scalar code.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
