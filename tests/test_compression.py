@@ -203,13 +203,15 @@ def _unfilter(data: bytes, filt: int, rows: int, u: int, raw_size: int) -> bytes
 def _compress(filtered: bytes, filt: int, u: int, level: int) -> bytes:
     """FORMAT.md section 7's writer: one zstd frame declaring its size; after shuffle (delta or
     not) and gcd, a flush ends a zstd block after each byte position's bytes (gcd's divisor
-    goes with the first), and zstd's minimum match is 7 (its other parameters the level's)."""
+    goes with the first), at two levels below the array's (at least 1; levels of 1 and below
+    as they are) and with zstd's minimum match at 7 (its other parameters that level's)."""
     prefix = u if filt == 6 else 0
     if filt not in (1, 2, 6) or u == 1:
         return zstandard.ZstdCompressor(level=level).compress(filtered)
     part = (len(filtered) - prefix) // u
     cuts = [0] + [prefix + k * part for k in range(1, u)] + [len(filtered)]
-    params = zstandard.ZstdCompressionParameters(compression_level=level, min_match=7)
+    runs = max(min(level, zstandard.MAX_COMPRESSION_LEVEL) - 2, 1) if level > 1 else level
+    params = zstandard.ZstdCompressionParameters(compression_level=runs, min_match=7)
     o = zstandard.ZstdCompressor(compression_params=params).compressobj(size=len(filtered))
     out = b""
     for k in range(u):

@@ -61,10 +61,19 @@ _local = threading.local()
 RUN_MIN_MATCH = 7
 
 
+def run_level(level: int) -> int:
+    """The zstd level of the byte-position runs: two below the array's, at least 1; levels of
+    1 and below as they are. At the default 3 they are compressed at 1: zstd's fast strategy
+    finds the same few long matches at a fraction of the search (FORMAT.md 7)."""
+    return max(level - 2, 1) if level > 1 else level
+
+
 def _compressor(level: int, runs: bool = False) -> zstandard.ZstdCompressor:
     # libzstd clamps a level out of its range, but zstandard rejects one above its maximum: a
     # store another program wrote at such a level is written at the maximum, as libzstd would.
     level = min(level, zstandard.MAX_COMPRESSION_LEVEL)
+    if runs:
+        level = run_level(level)
     cache = _local.__dict__.setdefault("compressors", {})
     c = cache.get((level, runs))
     if c is None:
