@@ -946,6 +946,7 @@ fn undelta_words<W: Word, const U: usize>(buf: &mut [u8], row: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::transpose::xorshift;
 
     #[test]
     fn filters_round_trip() {
@@ -987,19 +988,12 @@ mod tests {
     fn transposes_match_the_scalar_ones() {
         // Lengths around the 16-unit and 128-unit steps of the SSE2 code, whose tails the
         // scalar code does.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for unit in [1, 2, 4, 8] {
             for n in [
                 0, 1, 7, 8, 15, 16, 17, 127, 128, 129, 255, 256, 1000, 1031, 4096,
             ] {
-                let src: Vec<u8> = (0..n * unit)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let src: Vec<u8> = (0..n * unit).map(|_| next() as u8).collect();
                 let planes = bitshuffle(&src, unit);
                 let plane = planes.len() / (8 * unit);
                 let mut scalar = vec![0u8; planes.len()];
@@ -1034,13 +1028,10 @@ mod tests {
         let layout = Layout::new("<f8", 8, 8);
         let bytes = |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
         // A random walk of cents, as prices are.
-        let (mut x, mut cents) = (0x9e37_79b9_7f4a_7c15u64, 10_000i64);
+        let (mut next, mut cents) = (xorshift(0x9e37_79b9_7f4a_7c15), 10_000i64);
         let prices: Vec<f64> = (0..5000)
             .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                cents += (x % 3) as i64 - 1;
+                cents += (next() % 3) as i64 - 1;
                 cents as f64 / 100.0
             })
             .collect();
@@ -1082,13 +1073,7 @@ mod tests {
 
     #[test]
     fn gcd_blocks_round_trip_and_others_are_refused() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for unit in [1usize, 2, 4, 8] {
             let layout = Layout::new("<i8", unit, unit);
             let bits = 8 * unit as u32;
@@ -1180,15 +1165,8 @@ mod tests {
 
     #[test]
     fn incompressible_blocks_are_stored_raw() {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let raw: Vec<u8> = (0..50_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let raw: Vec<u8> = (0..50_000).map(|_| next() as u8).collect();
         let enc = encode(&raw, Layout::new("<f4", 4, 400), 3).unwrap();
         assert_eq!(enc.record.codec, STORED_RAW);
         assert_eq!(enc.bytes, raw);

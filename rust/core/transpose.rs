@@ -404,6 +404,17 @@ unsafe fn interleave<V: Vector, const U: usize>(v: &[V; U], dst: *mut u8, stride
     }
 }
 
+/// Tests' noise: a xorshift generator from `seed`, the same numbers every run.
+#[cfg(test)]
+pub fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
@@ -415,15 +426,8 @@ mod tests {
         if !is_x86_feature_detected!("avx2") {
             return;
         }
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let bytes: Vec<u8> = (0..64 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let bytes: Vec<u8> = (0..64 * 1024).map(|_| next() as u8).collect();
         fn both<const U: usize>(bytes: &[u8]) {
             for groups in [0, 16, 31, 32, 33, 48, 64, 100, 1000] {
                 let planes = &bytes[..8 * U * groups];
